@@ -1,0 +1,129 @@
+"""Text embeddings of the state prompts: F = [f_n, f_a] and the per-sentence bank T_s.
+
+Encoding 924 sentences is the most expensive step for a new object (about 80 s on two CPU
+cores for ViT-B-16-plus-240), so :class:`TextCache` keeps results per (backbone, object,
+prompt settings).
+
+`text_tokens="full"` (default) encodes each state's 462 sentences as one batch over the
+full 77-token context, as the reference does, which reproduces its float32 values bit for
+bit. `"trimmed"` encodes only the used token positions: with CLIP's causal mask the
+end-of-text embedding does not depend on the padding, so this is exact up to float
+rounding and about 4x faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import open_clip
+import torch
+from open_clip.transformer import text_global_pool
+
+from .backbone import Backbone
+from .prompts import sentences
+from .settings import TextEnsemble as Ensemble
+from .settings import TextTokens
+
+_MAX_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class TextBank:
+    """Prompt-ensemble text embeddings of one object.
+
+    features: `[C, 2]` L2-normalised ensemble embeddings, column 0 normal, 1 abnormal.
+    sentences: `[2·S, C]` per-sentence L2-normalised embeddings, the S normal rows first
+        (S = 462), the basis of the text adapter.
+    """
+
+    name: str
+    texture: bool
+    features: torch.Tensor
+    sentences: torch.Tensor
+
+
+def encode_text(backbone: Backbone, texts: list[str], trimmed: bool = False) -> torch.Tensor:
+    """Unnormalised text embeddings `[N, C]` of `texts` (inference mode, model device)."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), _MAX_BATCH):
+            tokens = backbone.tokenizer(texts[start : start + _MAX_BATCH]).to(backbone.device)
+            if trimmed:
+                out.append(_encode_tokens(backbone.model, tokens).float())
+            else:
+                out.append(backbone.model.encode_text(tokens).float())
+    return torch.cat(out)
+
+
+def _encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's `encode_text`, run only over the used token positions when that is exact."""
+    exact_cut = (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and model.text_pool_type in ("argmax", "eos")
+    )
+    if not exact_cut:
+        return model.encode_text(tokens)
+    used = int((tokens != 0).nonzero()[:, 1].max().item()) + 1 if tokens.any() else 1
+    tokens = tokens[:, :used]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:used].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:used, :used])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, getattr(model, "text_eos_id", None))
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def build_text_bank(
+    backbone: Backbone,
+    name: str,
+    texture: bool,
+    ensemble: Ensemble = "reference",
+    text_tokens: TextTokens = "full",
+) -> TextBank:
+    """Encode the 2 × 462 sentences for `name` and ensemble them per state.
+
+    "reference": mean of the unnormalised embeddings, then L2-normalised (AnoVL).
+    "normalized": normalise each, average, normalise again (APRIL-GAN).
+    """
+    trimmed = text_tokens == "trimmed"
+    means, banks = [], []
+    for state in sentences(name, texture):  # one batch per state, as the reference
+        emb = encode_text(backbone, state, trimmed)
+        normed = emb / emb.norm(dim=-1, keepdim=True)
+        source = emb if ensemble == "reference" else normed
+        means.append(source.mean(0))
+        banks.append(normed)
+    feats = torch.stack(means, dim=1)
+    return TextBank(
+        name=name,
+        texture=texture,
+        features=feats / feats.norm(dim=0, keepdim=True),
+        sentences=torch.cat(banks),
+    )
+
+
+class TextCache:
+    """In-memory cache of :class:`TextBank` per (backbone, name, domain, prompt settings)."""
+
+    def __init__(self) -> None:
+        self._banks: dict[tuple, TextBank] = {}
+
+    def get(
+        self,
+        backbone: Backbone,
+        name: str,
+        texture: bool,
+        ensemble: Ensemble = "reference",
+        text_tokens: TextTokens = "full",
+    ) -> TextBank:
+        key = (backbone.key, name, texture, ensemble, text_tokens)
+        if key not in self._banks:
+            self._banks[key] = build_text_bank(backbone, name, texture, ensemble, text_tokens)
+        return self._banks[key]
+
+    def __len__(self) -> int:
+        return len(self._banks)

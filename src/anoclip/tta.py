@@ -1,0 +1,242 @@
+"""Test-time adaptation of a light adapter on noise-corrupted tokens (METHOD.md §2.5).
+
+Adapters, for tokens x `[L, C]` and x̂ = n(x):
+
+    "text":   g(x) = ½x + ½·tanh(W x̂ + b)·T_s      W `[2S, C]`, T_s the sentence bank
+    "linear": g(x) = ½x + ½·(W x̂ + b)               W `[C, C]`
+
+Loss per image, with p = softmax(n(g(X))·F/τ) and X = [t ; t + ε]:
+
+    L = mean_i H(p_i^clean) + ½·mean_i [−log p_i^noisy[a] − log p_i^clean[n]]
+
+Each image (or image tile and layer, an "entry") has its own adapter, reset to
+nn.Linear's default initialisation, trained for `steps` AdamW steps. All entries of a
+batch are trained together with batched weights `[E, O, C]`: the summed loss has
+per-entry gradients and AdamW is element-wise, so this equals E independent runs.
+
+The randomness (initial weights, noise) comes from a generator seeded per batch and is
+shared by all entries, so an image's result does not depend on the batch it is in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .scoring import anomaly_logits, l2_normalize
+from .settings import Settings
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass
+class AdamState:
+    """AdamW moments and step count, carried between images in reference-quirk mode."""
+
+    exp_avg: list[torch.Tensor]
+    exp_avg_sq: list[torch.Tensor]
+    step: int = 0
+
+
+@dataclass
+class TTAOverrides:
+    """Testing hook: fixed initial weights and noise instead of drawing them.
+
+    weight `[E, O, C]`, bias `[E, O]`, noise `[E, steps, K, L, C]` or `[steps, K, L, C]`
+    (already scaled by σ; K noisy copies per step, 1 for Gaussian noise).
+    """
+
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+
+
+def adapter_out_dim(kind: str, sentence_bank: torch.Tensor) -> int:
+    return sentence_bank.shape[0] if kind == "text" else sentence_bank.shape[1]
+
+
+def init_adapter(
+    out_dim: int, in_dim: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.Linear's default init: W, b ~ U(−1/√in, 1/√in) (kaiming_uniform with a=√5)."""
+    bound = 1.0 / math.sqrt(in_dim)
+    weight = (torch.rand(out_dim, in_dim, generator=generator) * 2 - 1) * bound
+    bias = (torch.rand(out_dim, generator=generator) * 2 - 1) * bound
+    return weight, bias
+
+
+def apply_adapter(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    kind: str,
+    sentence_bank: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """g(x) for tokens `[E, N, C]` with per-entry weights `[E, O, C]`, bias `[E, O]`."""
+    affinity = torch.baddbmm(bias.unsqueeze(1), l2_normalize(x), weight.transpose(1, 2))
+    if kind == "text":
+        affinity = torch.tanh(affinity) @ sentence_bank
+    return 0.5 * x + 0.5 * affinity
+
+
+def tta_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Per-entry loss `[E]` from probabilities `[E, 1+K, L, 2]`: index 0 clean, 1.. noisy.
+
+    Written with the reference's operations and graph: with random weights the gradients
+    are about 1e-8, the size of Adam's ε, so float32 rounding differences (even the order
+    in which autograd accumulates them) visibly move the adapted map.
+    """
+    tiny = torch.finfo(probs.dtype).tiny  # keeps log finite for very small τ
+
+    def log(p: torch.Tensor) -> torch.Tensor:
+        return p.clamp_min(tiny).log()
+
+    entropy = (-probs[:, 0] * log(probs[:, 0])).sum(-1).mean(-1)
+    target = torch.zeros_like(probs[:, 1:])
+    target[..., 1] = 1  # noisy -> abnormal; the clean term below -> normal
+    cross = -target * log(probs[:, 1:]) - (1 - target) * log(probs[:, 0:1])
+    return entropy + 0.5 * cross.sum(-1).mean(dim=(-2, -1))
+
+
+def adamw_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    state: AdamState,
+    lr: float,
+    weight_decay: float,
+) -> None:
+    """One AdamW update in place (torch.optim.AdamW's arithmetic, defaults β, ε)."""
+    state.step += 1
+    beta1, beta2 = ADAM_BETAS
+    bias1 = 1 - beta1**state.step
+    bias2_sqrt = math.sqrt(1 - beta2**state.step)
+    for p, g, m, v in zip(params, grads, state.exp_avg, state.exp_avg_sq):
+        p.mul_(1 - lr * weight_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.addcdiv_(m, (v.sqrt() / bias2_sqrt).add_(ADAM_EPS), value=-lr / bias1)
+
+
+def draw_noise(
+    shape: tuple[int, int], steps: int, settings: Settings, generator: torch.Generator
+) -> torch.Tensor:
+    """Noise for every step: `[steps, K, L, C]` with K noisy copies per step.
+
+    "gaussian": K = 1, ε ~ N(0, σ²). "masked": K = 4, σ·1.1, each copy noising one of 4
+    disjoint random blocks of ⌊L/4⌋ tokens (the reference's unused `mask_aug`).
+    """
+    length, dim = shape
+    if settings.noise_mode == "gaussian":
+        eps = torch.randn(steps, 1, length, dim, generator=generator)
+        return eps * settings.tta_noise_sigma
+    eps = torch.randn(steps, 1, length, dim, generator=generator) * settings.tta_noise_sigma * 1.1
+    block = length // 4
+    masks = torch.zeros(steps, 4, length, 1)
+    for s in range(steps):
+        order = torch.randperm(length, generator=generator)
+        for k in range(4):
+            masks[s, k, order[k * block : (k + 1) * block]] = 1.0
+    return eps * masks
+
+
+def adapt_tokens(
+    tokens: torch.Tensor,
+    text_features: torch.Tensor,
+    sentence_bank: torch.Tensor,
+    settings: Settings,
+    generator: torch.Generator,
+    overrides: TTAOverrides | None = None,
+    carry: AdamState | None = None,
+) -> torch.Tensor:
+    """Adapt tokens `[E, L, C]` and return g(t) `[E, L, C]` (detached) for E entries.
+
+    `carry` (reference-quirk mode, reset_optimizer_state=False): AdamW moments that
+    persist across calls; entries are then processed one after another.
+    """
+    entries, length, dim = tokens.shape
+    if settings.tta_steps == 0:
+        return tokens.detach().clone()
+    kind = settings.adapter
+    out_dim = adapter_out_dim(kind, sentence_bank)
+    over = overrides or TTAOverrides()
+    with torch.inference_mode(False), torch.enable_grad():
+        t = tokens.detach().float().clone()
+        feats = text_features.detach().float().clone()
+        bank = sentence_bank.detach().float().clone()
+        w0, b0 = init_adapter(out_dim, dim, generator)
+        w0 = _per_entry(over.weight, w0, entries).to(t.device)
+        b0 = _per_entry(over.bias, b0, entries).to(t.device)
+        noise = (
+            over.noise
+            if over.noise is not None
+            else draw_noise((length, dim), settings.tta_steps, settings, generator)
+        )
+        noise = _entry_noise(noise, entries).to(t.device)
+        if carry is None:
+            return _train(t, w0, b0, noise, feats, bank, settings, None)
+        outs = [
+            _train(
+                t[i : i + 1],
+                w0[i : i + 1],
+                b0[i : i + 1],
+                noise[i : i + 1],
+                feats,
+                bank,
+                settings,
+                carry,
+            )
+            for i in range(entries)
+        ]
+        return torch.cat(outs)
+
+
+def _train(t, w0, b0, noise, feats, bank, settings: Settings, carry: AdamState | None):
+    """AdamW steps for entries `[E, L, C]`; noise `[E, steps, K, L, C]`."""
+    weight = w0.clone().requires_grad_(True)
+    bias = b0.clone().requires_grad_(True)
+    params = [weight, bias]
+    if carry is None:
+        state = AdamState(
+            [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+        )
+    else:
+        if not carry.exp_avg:
+            carry.exp_avg = [torch.zeros_like(p) for p in params]
+            carry.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        state = carry
+    kind, tau = settings.adapter, settings.temperature
+    entries, length, dim = t.shape
+    for step in range(settings.tta_steps):
+        eps = noise[:, step]  # [E, K, L, C]
+        x = torch.cat([t.unsqueeze(1), t.unsqueeze(1) + eps], dim=1)  # [E, 1+K, L, C]
+        g = apply_adapter(x.reshape(entries, -1, dim), weight, bias, kind, bank)
+        probs = anomaly_logits(g, feats, tau).softmax(-1).view(entries, -1, length, 2)
+        loss = tta_loss(probs).sum()
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            adamw_step(params, list(grads), state, settings.tta_lr, settings.tta_weight_decay)
+    with torch.no_grad():
+        return apply_adapter(t, weight, bias, kind, bank)
+
+
+def _per_entry(given: torch.Tensor | None, drawn: torch.Tensor, entries: int) -> torch.Tensor:
+    """Per-entry parameters `[E, *drawn.shape]`: the override as given, else `drawn` copied."""
+    if given is None:
+        return drawn.unsqueeze(0).expand(entries, *drawn.shape).clone()
+    if tuple(given.shape) != (entries, *drawn.shape):
+        raise ValueError(
+            f"TTA override of shape {tuple(given.shape)}, expected {(entries, *drawn.shape)}"
+        )
+    return given.float()
+
+
+def _entry_noise(noise: torch.Tensor, entries: int) -> torch.Tensor:
+    """`[steps, K, L, C]` (shared) or `[E, steps, K, L, C]` -> `[E, steps, K, L, C]`."""
+    if noise.dim() == 4:
+        return noise.float().unsqueeze(0).expand(entries, *noise.shape)
+    if noise.dim() == 5 and noise.shape[0] == entries:
+        return noise.float()
+    raise ValueError(f"TTA noise of shape {tuple(noise.shape)} does not fit {entries} entries")
