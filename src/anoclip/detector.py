@@ -246,7 +246,7 @@ class Detector:
         return torch.autocast("cuda", dtype=dtype)
 
     def _prediction(self, sample: Sample, score: torch.Tensor, m: torch.Tensor) -> Prediction:
-        full = resize_map(m, sample.size).clamp_(0.0, 1.0)
+        full = resize_map(m, sample.size).clamp(0.0, 1.0)
         return Prediction(
             source=sample.source, score=float(score), anomaly_map=full.numpy().astype(np.float32)
         )

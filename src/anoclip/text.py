@@ -95,13 +95,13 @@ def build_text_bank(
         emb = encode_text(backbone, state, trimmed)
         normed = emb / emb.norm(dim=-1, keepdim=True)
         source = emb if ensemble == "reference" else normed
-        means.append(source.mean(0))
+        mean = source.mean(0)
+        means.append(mean / mean.norm())
         banks.append(normed)
-    feats = torch.stack(means, dim=1)
     return TextBank(
         name=name,
         texture=texture,
-        features=feats / feats.norm(dim=0, keepdim=True),
+        features=torch.stack(means, dim=1),
         sentences=torch.cat(banks),
     )
 
