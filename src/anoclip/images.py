@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
