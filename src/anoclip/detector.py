@@ -163,6 +163,19 @@ class Detector:
         """Like :meth:`predict`, but yields results batch by batch and reports
         undecodable inputs as :class:`Failure` instead of raising. Indices in `skip`
         are not processed (used to resume a run)."""
+        for item in self.iter_raw(images, object_name, tta, progress=progress, skip=skip):
+            yield item if isinstance(item, Failure) else self._prediction(*item)
+
+    def iter_raw(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        object_name: str,
+        tta: bool = True,
+        *,
+        progress: bool = False,
+        skip: Iterable[int] = (),
+    ) -> Iterator[tuple[Sample, float, torch.Tensor] | Failure]:
+        """Yields (sample, score, map at model resolution `[H', W']`) or a Failure."""
         items = _as_list(images)
         skipped = set(skip)
         todo = [i for i in range(len(items)) if i not in skipped]
@@ -177,7 +190,7 @@ class Detector:
                     if isinstance(item, Failure):
                         yield item
                         continue
-                    yield self._prediction(item, result.scores[k], result.maps[k])
+                    yield item, float(result.scores[k]), result.maps[k]
                     k += 1
                 bar.update(len(batch))
         finally:
@@ -245,11 +258,9 @@ class Detector:
         dtype = torch.float16 if prec == "fp16" else torch.bfloat16
         return torch.autocast("cuda", dtype=dtype)
 
-    def _prediction(self, sample: Sample, score: torch.Tensor, m: torch.Tensor) -> Prediction:
+    def _prediction(self, sample: Sample, score: float, m: torch.Tensor) -> Prediction:
         full = resize_map(m, sample.size).clamp(0.0, 1.0)
-        return Prediction(
-            source=sample.source, score=float(score), anomaly_map=full.numpy().astype(np.float32)
-        )
+        return Prediction(sample.source, score, full.numpy().astype(np.float32))
 
     # ------------------------------------------------------------------ data loading
 
