@@ -17,11 +17,21 @@ def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x / x.norm(dim=dim, keepdim=True).clamp_min(1e-12)
 
 
+def text_cosines(emb: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """`[..., C]` embeddings (any norm) -> `[..., 2]` cosines n(e)·F; F is `[C, 2]`."""
+    return l2_normalize(emb) @ text_features.to(emb.dtype)
+
+
+def probs_from_cosines(cos: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`[..., 2]` cosines -> `[...]` p_a = softmax(cos / τ)[abnormal]."""
+    return (cos / temperature).softmax(dim=-1)[..., 1]
+
+
 def anomaly_logits(
     emb: torch.Tensor, text_features: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """`[..., C]` embeddings (any norm) -> `[..., 2]` logits n(e)·F / τ; F is `[C, 2]`."""
-    return l2_normalize(emb) @ text_features.to(emb.dtype) / temperature
+    return text_cosines(emb, text_features) / temperature
 
 
 def anomaly_prob(

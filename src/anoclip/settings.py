@@ -19,6 +19,11 @@ Domain = Literal["auto", "object", "texture"]
 Precision = Literal["fp32", "fp16", "bf16"]
 Tiling = Literal["none", "auto", "two_tile"]
 TextEnsemble = Literal["reference", "normalized"]
+Pairing = Literal["cls_nn", "matching", "random"]
+RefAgg = Literal["interval_mean", "min", "mean"]
+RefFilter = Literal["none", "text"]
+RefFeatures = Literal["vv", "ori"]
+Fusion = Literal["linear", "harmonic", "batch_z"]
 TextTokens = Literal["full", "trimmed"]
 
 
@@ -65,6 +70,31 @@ class Settings:
     """True: fresh AdamW per image (ours, golden). False: the reference quirk of one
     optimizer per object whose moments leak from one image to the next (sequential)."""
 
+    # --- visual references: modes "dual" and "mutual" (§3, [DESIGN])
+    pairing: Pairing = "cls_nn"
+    """With one reference: "cls_nn" nearest image by CLS; "matching" disjoint pairs,
+    most similar first; "random" seeded disjoint pairs."""
+    ref_agg: RefAgg = "interval_mean"
+    """Combining R references per patch: mean of the ⌈0.3·R⌉ smallest distances (MuSc),
+    "min" or "mean"."""
+    ref_filter: RefFilter = "none"
+    """"text": reference patches above their own text map's `ref_filter_quantile` are
+    not matched, so a defective reference cannot explain away the same defect."""
+    ref_filter_quantile: float = 0.9
+    ref_features: RefFeatures = "vv"
+    """Visual-branch tokens: V-V ("vv") or original-path ("ori", as MuSc) tokens."""
+    ref_layers: tuple[int, ...] = ()
+    """Layers of the visual-branch tokens (distances averaged); () = the last layer."""
+    fusion: Fusion = "linear"
+    fusion_alpha: float = 0.5
+    """Map weight of the text branch: α·text + (1−α)·visual."""
+    fusion_beta: float = 0.5
+    """Score weight of the text branch: β·p_a(CLS) + (1−β)·max(visual map)."""
+    fusion_temperature: float = 0.07
+    """τ of the text map and score inside the fusion (at τ = 1 they sit near 0.5)."""
+    synth_textures: str | None = None
+    """Folder of texture images as synthesized-anomaly sources (default: the image itself)."""
+
     # --- input (§1, §2.7)
     tiling: Tiling = "none"
     """"none": square resize (MVTec). "two_tile"/"auto" (auto: only non-square inputs):
@@ -96,8 +126,20 @@ class Settings:
         _check(self.noise_mode in ("gaussian", "masked"), f"noise_mode {self.noise_mode!r}")
         _check(self.tiling in ("none", "auto", "two_tile"), f"tiling {self.tiling!r}")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(self.pairing in ("cls_nn", "matching", "random"), f"pairing {self.pairing!r}")
+        _check(self.ref_agg in ("interval_mean", "min", "mean"), f"ref_agg {self.ref_agg!r}")
+        _check(self.ref_filter in ("none", "text"), f"ref_filter {self.ref_filter!r}")
+        _check(0 < self.ref_filter_quantile <= 1, "ref_filter_quantile must be in (0, 1]")
+        _check(self.ref_features in ("vv", "ori"), f"ref_features {self.ref_features!r}")
+        _check(all(x >= 1 for x in self.ref_layers), "ref_layers must be >= 1")
+        _check(self.fusion in ("linear", "harmonic", "batch_z"), f"fusion {self.fusion!r}")
+        _check(
+            0 <= self.fusion_alpha <= 1 and 0 <= self.fusion_beta <= 1, "fusion weights in [0, 1]"
+        )
+        _check(self.fusion_temperature > 0, "fusion_temperature must be > 0")
         _check(self.precision in ("fp32", "fp16", "bf16"), f"precision {self.precision!r}")
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "ref_layers", tuple(int(x) for x in self.ref_layers))
 
     def token_layers(self, depth: int) -> tuple[int, ...]:
         """The 1-based layers whose V-V tokens are scored, for a tower of `depth` blocks."""
@@ -108,6 +150,15 @@ class Settings:
                 f"layers {bad} are outside [{self.vv_start_layer}, {depth}] "
                 f"(vv_start_layer={self.vv_start_layer}, tower depth {depth})"
             )
+        return tuple(layers)
+
+    def reference_layers(self, depth: int) -> tuple[int, ...]:
+        """The 1-based layers of the visual-branch tokens."""
+        layers = self.ref_layers or (depth,)
+        low = self.vv_start_layer if self.ref_features == "vv" else 1
+        bad = [x for x in layers if not low <= x <= depth]
+        if bad:
+            raise ValueError(f"ref_layers {bad} are outside [{low}, {depth}]")
         return tuple(layers)
 
     @classmethod

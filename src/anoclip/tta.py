@@ -101,6 +101,19 @@ def tta_loss(probs: torch.Tensor) -> torch.Tensor:
     return entropy + 0.5 * cross.sum(-1).mean(dim=(-2, -1))
 
 
+def synth_loss(
+    probs_clean: torch.Tensor, probs_syn: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Per-entry loss `[E]` of synthesized-anomaly TTA (METHOD.md §3.5):
+    mean H(p_clean) + ½·mean CE(p_syn, y), y `[E, L]` = 1 on synthetic-defect tokens."""
+    tiny = torch.finfo(probs_clean.dtype).tiny
+    log_clean = probs_clean.clamp_min(tiny).log()
+    log_syn = probs_syn.clamp_min(tiny).log()
+    entropy = (-probs_clean * log_clean).sum(-1).mean(-1)
+    cross = -(labels * log_syn[..., 1] + (1 - labels) * log_syn[..., 0]).mean(-1)
+    return entropy + 0.5 * cross
+
+
 def adamw_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -150,12 +163,18 @@ def adapt_tokens(
     generator: torch.Generator,
     overrides: TTAOverrides | None = None,
     carry: AdamState | None = None,
+    synth: tuple[torch.Tensor, torch.Tensor] | None = None,
+    use_noise: bool = True,
 ) -> torch.Tensor:
     """Adapt tokens `[E, L, C]` and return g(t) `[E, L, C]` (detached) for E entries.
 
+    `use_noise`: the AnoCLIP noise-corrupted copies (§2.5). `synth`: tokens `[E, L, C]` of a
+    synthesized-anomaly image and their labels `[E, L]` (§3.5); with both, the losses add.
     `carry` (reference-quirk mode, reset_optimizer_state=False): AdamW moments that
     persist across calls; entries are then processed one after another.
     """
+    if not use_noise and synth is None:
+        raise ValueError("TTA needs noise, synthesized anomalies, or both")
     entries, length, dim = tokens.shape
     if settings.tta_steps == 0:
         return tokens.detach().clone()
@@ -169,32 +188,39 @@ def adapt_tokens(
         w0, b0 = init_adapter(out_dim, dim, generator)
         w0 = _per_entry(over.weight, w0, entries).to(t.device)
         b0 = _per_entry(over.bias, b0, entries).to(t.device)
-        noise = (
-            over.noise
-            if over.noise is not None
-            else draw_noise((length, dim), settings.tta_steps, settings, generator)
-        )
-        noise = _entry_noise(noise, entries).to(t.device)
+        eps = None
+        if use_noise:
+            eps = over.noise
+            if eps is None:
+                eps = draw_noise((length, dim), settings.tta_steps, settings, generator)
+            eps = _entry_noise(eps, entries).to(t.device)
+        syn = None
+        if synth is not None:
+            syn = (synth[0].detach().float().clone(), synth[1].detach().float().clone())
         if carry is None:
-            return _train(t, w0, b0, noise, feats, bank, settings, None)
-        outs = [
-            _train(
-                t[i : i + 1],
-                w0[i : i + 1],
-                b0[i : i + 1],
-                noise[i : i + 1],
-                feats,
-                bank,
-                settings,
-                carry,
+            return _train(t, w0, b0, eps, syn, feats, bank, settings, None)
+        outs = []
+        for i in range(entries):
+            one = slice(i, i + 1)
+            outs.append(
+                _train(
+                    t[one],
+                    w0[one],
+                    b0[one],
+                    None if eps is None else eps[one],
+                    None if syn is None else (syn[0][one], syn[1][one]),
+                    feats,
+                    bank,
+                    settings,
+                    carry,
+                )  # fmt: skip
             )
-            for i in range(entries)
-        ]
         return torch.cat(outs)
 
 
-def _train(t, w0, b0, noise, feats, bank, settings: Settings, carry: AdamState | None):
-    """AdamW steps for entries `[E, L, C]`; noise `[E, steps, K, L, C]`."""
+def _train(t, w0, b0, noise, syn, feats, bank, settings: Settings, carry: AdamState | None):
+    """AdamW steps for entries `[E, L, C]`; noise `[E, steps, K, L, C]` or None;
+    syn (tokens `[E, L, C]`, labels `[E, L]`) or None."""
     weight = w0.clone().requires_grad_(True)
     bias = b0.clone().requires_grad_(True)
     params = [weight, bias]
@@ -210,16 +236,31 @@ def _train(t, w0, b0, noise, feats, bank, settings: Settings, carry: AdamState |
     kind, tau = settings.adapter, settings.temperature
     entries, length, dim = t.shape
     for step in range(settings.tta_steps):
-        eps = noise[:, step]  # [E, K, L, C]
-        x = torch.cat([t.unsqueeze(1), t.unsqueeze(1) + eps], dim=1)  # [E, 1+K, L, C]
+        parts = [t.unsqueeze(1)]
+        if noise is not None:
+            parts.append(t.unsqueeze(1) + noise[:, step])  # [E, K, L, C]
+        if syn is not None:
+            parts.append(syn[0].unsqueeze(1))
+        x = torch.cat(parts, dim=1)  # [E, 1 (+K) (+1), L, C]
         g = apply_adapter(x.reshape(entries, -1, dim), weight, bias, kind, bank)
         probs = anomaly_logits(g, feats, tau).softmax(-1).view(entries, -1, length, 2)
-        loss = tta_loss(probs).sum()
+        if syn is None:
+            loss = tta_loss(probs).sum()
+        else:
+            loss = synth_loss(probs[:, 0], probs[:, -1], syn[1]).sum()
+            if noise is not None:
+                loss = loss + (tta_loss(probs[:, :-1]) - _entropy(probs[:, 0])).sum()
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             adamw_step(params, list(grads), state, settings.tta_lr, settings.tta_weight_decay)
     with torch.no_grad():
         return apply_adapter(t, weight, bias, kind, bank)
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy per entry `[E]` of probabilities `[E, L, 2]`."""
+    logp = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+    return (-probs * logp).sum(-1).mean(-1)
 
 
 def _per_entry(given: torch.Tensor | None, drawn: torch.Tensor, entries: int) -> torch.Tensor:

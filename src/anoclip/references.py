@@ -1,0 +1,156 @@
+"""Visual references: each image's patches scored against other unlabeled images (METHOD.md §3).
+
+For a query A and a reference B (tokens L2-normalised, `[L, C]` each):
+
+    d_B(i) = min_j ½(1 − cos(t_A(i), t_B(j)))          (position-free nearest neighbour)
+
+and the R references of a query are combined per patch by `ref_agg`:
+"interval_mean" (MuSc) the mean of the ⌈0.3·R⌉ smallest values, "min", or "mean".
+
+Which references: R = 1 pairs images (the Dual-Image paper) by `pairing`; R = k takes the
+k nearest images by CLS cosine; R = "all" takes every other image (mutual scoring).
+Units (image tiles) of the same image never reference each other.
+
+Cost: one L×L similarity per (query, reference): O(N·R·L²·C) time, so dual is O(N·L²·C)
+and mutual scoring O(N²·L²·C). Memory is bounded by `chunk_elems`: references are
+processed in chunks whose similarity block holds at most that many floats, and only the
+`[L, R]` distances of one query are held at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+RefCount = int | str  # an int k >= 1, or "all"
+DEFAULT_CHUNK_ELEMS = 2**25  # 32 M floats = 128 MB per similarity block
+
+
+def reference_sets(
+    cls: torch.Tensor,
+    groups: torch.Tensor,
+    num_refs: RefCount,
+    pairing: str = "cls_nn",
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """Reference unit indices for every unit.
+
+    cls: `[U, C]` CLS embeddings; groups: `[U]` image id of each unit (units of one image
+    exclude each other). num_refs: 1 (pairs, by `pairing`), k, or "all".
+    """
+    n = cls.shape[0]
+    unit = cls.float() / cls.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = unit @ unit.T
+    sim.masked_fill_(groups[:, None] == groups[None, :], float("-inf"))
+    allowed = torch.isfinite(sim)
+    if not allowed.any(dim=1).all():
+        raise ValueError("every image needs at least one other image as reference")
+    if num_refs == "all":
+        return [allowed[i].nonzero()[:, 0] for i in range(n)]
+    k = int(num_refs)
+    if k < 1:
+        raise ValueError(f"num_refs must be >= 1 or 'all', got {num_refs!r}")
+    if k > 1:
+        return [
+            sim[i].topk(min(k, int(allowed[i].sum()))).indices for i in range(n)
+        ]  # fmt: skip
+    if pairing == "cls_nn":
+        partner = sim.argmax(dim=1)
+    elif pairing == "matching":
+        partner = _greedy_matching(sim)
+    elif pairing == "random":
+        partner = _random_pairs(allowed, generator or torch.Generator().manual_seed(0))
+    else:
+        raise ValueError(f"unknown pairing {pairing!r}: use cls_nn, matching or random")
+    return [partner[i : i + 1] for i in range(n)]
+
+
+def _greedy_matching(sim: torch.Tensor) -> torch.Tensor:
+    """Disjoint symmetric pairs, most similar first; a leftover unit borrows its nearest."""
+    n = sim.shape[0]
+    partner = torch.full((n,), -1, dtype=torch.long)
+    iu = torch.triu_indices(n, n, offset=1)
+    values = sim[iu[0], iu[1]]
+    for idx in torch.argsort(values, descending=True, stable=True).tolist():
+        if not math.isfinite(float(values[idx])):
+            break
+        a, b = int(iu[0, idx]), int(iu[1, idx])
+        if partner[a] < 0 and partner[b] < 0:
+            partner[a], partner[b] = b, a
+    for a in (partner < 0).nonzero()[:, 0].tolist():
+        partner[a] = int(sim[a].argmax())
+    return partner
+
+
+def _random_pairs(allowed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Disjoint pairs in a seeded random order; a leftover unit borrows a random partner."""
+    n = allowed.shape[0]
+    partner = torch.full((n,), -1, dtype=torch.long)
+    order = torch.randperm(n, generator=generator).tolist()
+    free = list(order)
+    while free:
+        a = free.pop(0)
+        match = next((b for b in free if allowed[a, b]), None)
+        if match is None:
+            options = allowed[a].nonzero()[:, 0]
+            pick = int(torch.randint(len(options), (), generator=generator))
+            partner[a] = int(options[pick])
+            continue
+        free.remove(match)
+        partner[a], partner[match] = match, a
+    return partner
+
+
+def aggregate(d: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-patch distances to R references `[..., L, R]` -> `[..., L]`."""
+    r = d.shape[-1]
+    if how == "interval_mean":
+        k = max(1, math.ceil(0.3 * r))
+        return d.topk(k, dim=-1, largest=False).values.mean(dim=-1)
+    if how == "min":
+        return d.min(dim=-1).values
+    if how == "mean":
+        return d.mean(dim=-1)
+    raise ValueError(f"unknown ref_agg {how!r}: use interval_mean, min or mean")
+
+
+def nn_distances(
+    tokens: torch.Tensor,
+    refs: Sequence[torch.Tensor],
+    how: str = "interval_mean",
+    keep: torch.Tensor | None = None,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Visual anomaly scores `[U, L]` in [0, 1] of every unit against its references.
+
+    tokens: `[U, L, C]` L2-normalised patch tokens (any float dtype; kept where they are).
+    refs: reference unit indices per unit. keep: `[U, L]` bool, the reference patches that
+    may be matched (text filtering); a reference with no usable patch counts as distance 1.
+    """
+    n, length, _ = tokens.shape
+    dev = device or tokens.device
+    chunk = max(1, chunk_elems // (length * length))
+    out = torch.empty(n, length)
+    for i in range(n):
+        query = tokens[i].to(dev, torch.float32)
+        r = refs[i]
+        dist = torch.empty(length, len(r), device=dev)
+        for start in range(0, len(r), chunk):
+            idx = r[start : start + chunk]
+            ref = tokens[idx].to(dev, torch.float32)  # [c, L, C]
+            sim = torch.einsum("lc,rmc->rlm", query, ref)  # [c, L_query, L_ref]
+            if keep is not None:
+                sim.masked_fill_(~keep[idx].to(dev)[:, None, :], float("-inf"))
+            best = sim.amax(dim=-1).clamp_min(-1.0)  # no usable patch -> cos −1 -> d = 1
+            dist[:, start : start + len(idx)] = (0.5 * (1 - best)).T
+        out[i] = aggregate(dist, how).cpu()
+    return out.clamp_(0.0, 1.0)
+
+
+def text_keep_mask(text_probs: torch.Tensor, quantile: float = 0.9) -> torch.Tensor:
+    """`[U, L]` text anomaly probabilities -> patches at or below each unit's quantile."""
+    q = torch.quantile(text_probs.float(), quantile, dim=1, keepdim=True)
+    return text_probs <= q
