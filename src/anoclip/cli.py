@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--object", required=True, help="object name, e.g. screw or metal_nut")
     det.add_argument("--out", required=True, help="output folder")
     add_model_args(det)
-    det.add_argument("--no-tta", action="store_true", help="skip test-time adaptation")
+    add_mode_args(det)
     det.add_argument("--resume", action="store_true", help="skip images already in scores.csv")
     det.add_argument("--no-overlay", action="store_true", help="write .npy maps only")
     det.set_defaults(func=run_detect)
@@ -64,9 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", required=True, help="dataset root folder")
     ev.add_argument("--categories", nargs="+", default=None, help="default: all found")
     ev.add_argument("--out", required=True, help="output folder (resumes finished categories)")
-    ev.add_argument("--mode", default="anoclip", choices=("anoclip",), help="scoring mode")
     add_model_args(ev)
-    ev.add_argument("--no-tta", action="store_true", help="skip test-time adaptation")
+    add_mode_args(ev)
     ev.add_argument(
         "--preset",
         choices=("paper",),
@@ -80,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="images per category (smoke tests)")
     ev.set_defaults(func=run_evaluate)
     return parser
+
+
+def add_mode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mode",
+        default="anoclip",
+        choices=("anoclip", "dual", "mutual"),
+        help="anoclip: each image alone; dual: images in pairs, each the reference of the "
+        "other; mutual: each image against --refs others (all inputs form one set)",
+    )
+    p.add_argument("--refs", default=None, help="mutual mode: references per image, k or 'all'")
+    p.add_argument(
+        "--tta",
+        default="noise",
+        choices=("none", "noise", "synth", "both"),
+        help="test-time adaptation: noise (AnoCLIP), synth (synthesized anomalies), both",
+    )
+    p.add_argument("--no-tta", action="store_true", help="same as --tta none")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -161,9 +178,11 @@ def run_detect(args: argparse.Namespace) -> int:
         writer.write_run_info(run_info(args, det))
         skip = [i for i, p in enumerate(paths) if str(p) in writer.finished]
         count = 0
-        for item in det.iter_predict(
-            list(index_of), args.object, tta=not args.no_tta, progress=True, skip=skip
-        ):
+        stream = det.iter_predict(
+            list(index_of), args.object, tta_arg(args), mode=args.mode, refs=refs_arg(args),
+            progress=True, skip=skip,
+        )  # fmt: skip
+        for item in stream:
             if hasattr(item, "reason"):
                 writer.add_failure(item)
                 print(f"anoclip: cannot read {item.source}: {item.reason}", file=sys.stderr)
@@ -191,8 +210,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         root=args.root,
         categories=args.categories,
-        tta=not args.no_tta,
+        tta=tta_arg(args),
         mode=args.mode,
+        refs=refs_arg(args),
         eval_size=args.eval_size,
         ap_mode=args.ap_mode,
         strict=not args.no_strict,
@@ -209,6 +229,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def tta_arg(args: argparse.Namespace) -> str:
+    return "none" if args.no_tta else args.tta
+
+
+def refs_arg(args: argparse.Namespace) -> int | str | None:
+    if args.refs is None or args.refs == "all":
+        return args.refs
+    try:
+        return int(args.refs)
+    except ValueError:
+        raise CliError(f"--refs {args.refs!r}: expected a positive integer or 'all'") from None
+
+
 def run_info(args: argparse.Namespace, det) -> dict:
     return {
         "anoclip": __version__,
@@ -219,7 +252,9 @@ def run_info(args: argparse.Namespace, det) -> dict:
         "device": str(det.device),
         "seed": det.seed,
         "object": getattr(args, "object", None),
-        "tta": not getattr(args, "no_tta", False),
+        "tta": tta_arg(args),
+        "mode": args.mode,
+        "refs": args.refs,
         "settings": dataclasses.asdict(det.settings),
     }
 

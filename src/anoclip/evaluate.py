@@ -25,7 +25,7 @@ import numpy as np
 
 from . import metrics as M
 from .datasets import Item, MaskLoader, load_dataset
-from .detector import Detector, Failure
+from .detector import Detector, Failure, tta_kind
 from .paper_numbers import CATEGORY_ANCHORS, Reference, means_for
 from .preprocess import resize_map
 
@@ -53,8 +53,9 @@ class EvalOptions:
     dataset: str
     root: str
     categories: Sequence[str] | None = None
-    tta: bool = True
+    tta: bool | str = True
     mode: str = "anoclip"
+    refs: int | str | None = None
     eval_size: int | None = None  # shorter side of maps/masks; None: model resolution
     ap_mode: str = "step"
     strict: bool = True
@@ -81,8 +82,9 @@ def fingerprint(detector: Detector, opts: EvalOptions) -> dict:
         "pretrained": detector.backbone.pretrained,
         "seed": detector.seed,
         "settings": asdict(detector.settings),
-        "tta": opts.tta,
+        "tta": tta_kind(opts.tta),
         "mode": opts.mode,
+        "refs": opts.refs,
         "eval_size": opts.eval_size,
         "ap_mode": opts.ap_mode,
         "limit": opts.limit,
@@ -122,7 +124,10 @@ def score_category(
     maps: list[np.ndarray] = [np.empty(0)] * len(items)
     masks: list[np.ndarray] = [np.empty(0)] * len(items)
     paths = [str(i.image) for i in items]
-    for out in detector.iter_raw(paths, category, opts.tta, progress=progress):
+    stream = detector.iter_raw(
+        paths, category, opts.tta, mode=opts.mode, refs=opts.refs, progress=progress
+    )
+    for out in stream:
         if isinstance(out, Failure):
             raise EvaluationError(f"cannot read test image {out.source}: {out.reason}")
         sample, score, model_map = out
@@ -254,8 +259,12 @@ def _scores_csv(results: Sequence[CategoryResult]) -> str:
 
 
 def setting_class(opts: EvalOptions) -> str:
+    """TF-1IMG / PAIR / BATCH (METHOD.md §6), +TTA when test-time adaptation ran."""
     tag = SETTING_CLASS.get(opts.mode, opts.mode)
-    return f"{tag}+TTA" if opts.tta else tag
+    if opts.mode == "mutual" and opts.refs not in (None, "all"):
+        tag = f"BATCH (k={opts.refs})"
+    kind = tta_kind(opts.tta)
+    return tag if kind == "none" else f"{tag}+TTA({kind})"
 
 
 def metrics_markdown(
@@ -267,7 +276,9 @@ def metrics_markdown(
         f"# anoclip evaluation: {opts.dataset}",
         "",
         f"- model `{bb.name}`, weights `{bb.pretrained}`, seed {detector.seed}, mode "
-        f"`{opts.mode}`, setting class **{setting_class(opts)}**",
+        f"`{opts.mode}`"
+        + (f" (refs {opts.refs})" if opts.refs else "")
+        + f", setting class **{setting_class(opts)}**",
         f"- metrics at {size} (image {bb.image_size} px); AP {opts.ap_mode}-wise; AUPRO with "
         "FPR < 0.3 rescaled to [0, 1] (reference/MuSc convention); values in %",
     ]
