@@ -233,6 +233,7 @@ class Detector:
                     if samples:
                         for smp in samples:
                             smp.tiles = smp.tiles[:0]  # pixels are no longer needed
+                        feats.ref_tokens = storage_dtype(feats.ref_tokens, len(todo), samples)
                         kept.append((samples, feats))
                 else:
                     yield from self._stream_results(batch, samples, feats)
@@ -514,6 +515,18 @@ def reference_count(mode: str, refs: int | str | None) -> int | str:
     if not isinstance(refs, int) or refs < 1:
         raise ValueError(f"refs must be a positive integer or 'all', got {refs!r}")
     return refs
+
+
+# Visual-branch tokens of a whole set above this many bytes (as float32) are kept in float16.
+FLOAT16_ABOVE_BYTES = 2 * 2**30
+
+
+def storage_dtype(tokens: torch.Tensor, n_images: int, samples: Sequence[Sample]) -> torch.Tensor:
+    """Tokens as kept for the references: float16 when the projected set is large."""
+    per_image = (
+        tokens[0].numel() * 4 * max(1, sum(s.layout.num_tiles for s in samples) // len(samples))
+    )
+    return tokens.half() if per_image * n_images > FLOAT16_ABOVE_BYTES else tokens
 
 
 def _single_thread(_: int) -> None:

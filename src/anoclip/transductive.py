@@ -22,15 +22,12 @@ from .preprocess import stitch
 from .references import nn_distances, reference_sets, text_keep_mask
 from .scoring import gaussian_blur, probs_from_cosines
 
-# Visual tokens above this many bytes (float32) are kept in float16.
-FLOAT16_ABOVE_BYTES = 2 * 2**30
-
 
 def visual_scores(detector, features: Sequence, counts: Sequence[int], num_refs) -> torch.Tensor:
     """Visual anomaly score per unit and patch `[U, L]` (distances averaged over layers)."""
     s = detector.settings
     cls = torch.cat([f.cls for f in features])
-    tokens = _concat_tokens([f.ref_tokens for f in features])  # [U, nR, L, C]
+    tokens = torch.cat([f.ref_tokens for f in features])  # [U, nR, L, C], float16 if large
     groups = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     refs = reference_sets(
         cls, groups, num_refs, s.pairing, torch.Generator().manual_seed(detector.seed)
@@ -86,12 +83,6 @@ def score_transductive(
     scores = fuse_scores(text_scores, torch.stack(vis_max), s.fusion, s.fusion_beta)
     for smp, score, fmap in zip(samples, scores.tolist(), maps):
         yield smp, float(score), fmap
-
-
-def _concat_tokens(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    total = sum(p.numel() for p in parts) * 4
-    dtype = torch.float16 if total > FLOAT16_ABOVE_BYTES else torch.float32
-    return torch.cat([p.to(dtype) for p in parts])
 
 
 def _upsample(grid_values: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
