@@ -46,14 +46,18 @@ def brute_force(tokens, refs, how, keep=None):
 
 
 @pytest.mark.parametrize("how", ["interval_mean", "min", "mean"])
-def test_nn_distances_match_brute_force(how):
+@pytest.mark.parametrize("num_refs", ["all", 2, 1])
+@pytest.mark.parametrize("reuse_bytes", [0, 2**20])  # each pair computed once, or per query
+def test_nn_distances_match_brute_force(how, num_refs, reuse_bytes):
     g = torch.Generator().manual_seed(0)
     tokens = unit(torch.randn(6, 9, 5, generator=g))
-    refs = reference_sets(torch.randn(6, 4, generator=g), torch.arange(6), "all")
+    refs = reference_sets(torch.randn(6, 4, generator=g), torch.arange(6), num_refs)
     keep = torch.rand(6, 9, generator=g) > 0.3
     for k in (None, keep):
         want = brute_force(tokens, refs, how, k)
-        got = nn_distances(tokens, refs, how, k, chunk_elems=9 * 9 * 2).numpy()  # 2 refs/chunk
+        got = nn_distances(  # 2 references per similarity chunk
+            tokens, refs, how, k, chunk_elems=9 * 9 * 2, reuse_bytes=reuse_bytes
+        ).numpy()
         assert np.abs(got - want).max() < 1e-6
 
 

@@ -12,9 +12,10 @@ k nearest images by CLS cosine; R = "all" takes every other image (mutual scorin
 Units (image tiles) of the same image never reference each other.
 
 Cost: one L×L similarity per (query, reference): O(N·R·L²·C) time, so dual is O(N·L²·C)
-and mutual scoring O(N²·L²·C). Memory is bounded by `chunk_elems`: references are
-processed in chunks whose similarity block holds at most that many floats, and only the
-`[L, R]` distances of one query are held at a time.
+and mutual scoring O(N²·L²·C), halved when pairs are mutual (each pair's similarity is
+read both ways). Memory is bounded: references are processed in chunks whose similarity
+block holds at most `chunk_elems` floats, and distances wait for later units only within
+`reuse_bytes` (beyond it, each query is computed on its own).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 RefCount = int | str  # an int k >= 1, or "all"
 DEFAULT_CHUNK_ELEMS = 2**25  # 32 M floats = 128 MB per similarity block
+DEFAULT_REUSE_BYTES = 2**30  # distances kept for later units when pairs are reused
 
 
 def reference_sets(
@@ -123,31 +125,56 @@ def nn_distances(
     keep: torch.Tensor | None = None,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     device: torch.device | None = None,
+    reuse_bytes: int = DEFAULT_REUSE_BYTES,
 ) -> torch.Tensor:
     """Visual anomaly scores `[U, L]` in [0, 1] of every unit against its references.
 
     tokens: `[U, L, C]` L2-normalised patch tokens (any float dtype; kept where they are).
     refs: reference unit indices per unit. keep: `[U, L]` bool, the reference patches that
     may be matched (text filtering); a reference with no usable patch counts as distance 1.
+
+    When unit j references i and i references j (always in mutual scoring over all), their
+    similarity matrix is computed once and read both ways (row maxima for i, column maxima
+    for j), as long as the distances waiting for later units fit in `reuse_bytes`.
     """
     n, length, _ = tokens.shape
     dev = device or tokens.device
     chunk = max(1, chunk_elems // (length * length))
+    column = [{int(r): k for k, r in enumerate(refs[i].tolist())} for i in range(n)]
+    reuse = sum(len(r) for r in refs) * length * 4 <= reuse_bytes
+    pending: dict[int, torch.Tensor] = {}  # unit -> [L, R] distances filled so far
     out = torch.empty(n, length)
     for i in range(n):
+        dist = pending.pop(i, None)
+        if dist is None:
+            dist = torch.full((length, len(refs[i])), float("nan"), device=dev)
+        todo = [r for r in refs[i].tolist() if not (reuse and r < i and i in column[r])]
         query = tokens[i].to(dev, torch.float32)
-        r = refs[i]
-        dist = torch.empty(length, len(r), device=dev)
-        for start in range(0, len(r), chunk):
-            idx = r[start : start + chunk]
-            ref = tokens[idx].to(dev, torch.float32)  # [c, L, C]
-            sim = torch.einsum("lc,rmc->rlm", query, ref)  # [c, L_query, L_ref]
-            if keep is not None:
-                sim.masked_fill_(~keep[idx].to(dev)[:, None, :], float("-inf"))
-            best = sim.amax(dim=-1).clamp_min(-1.0)  # no usable patch -> cos −1 -> d = 1
-            dist[:, start : start + len(idx)] = (0.5 * (1 - best)).T
+        for start in range(0, len(todo), chunk):
+            idx = torch.tensor(todo[start : start + chunk], dtype=torch.long)
+            sim = torch.einsum("lc,rmc->rlm", query, tokens[idx].to(dev, torch.float32))
+            cols = [column[i][int(r)] for r in idx]
+            dist[:, cols] = _nearest(sim, None if keep is None else keep[idx].to(dev)).T
+            if not reuse:
+                continue
+            for k, r in enumerate(idx.tolist()):  # the same similarities, seen from r
+                if r > i and i in column[r]:
+                    back = sim[k].T  # [L_r, L_i]
+                    mask = None if keep is None else keep[i].to(dev)[None]
+                    target = pending.setdefault(
+                        r, torch.full((length, len(refs[r])), float("nan"), device=dev)
+                    )
+                    target[:, column[r][i]] = _nearest(back[None], mask)[0]
         out[i] = aggregate(dist, how).cpu()
     return out.clamp_(0.0, 1.0)
+
+
+def _nearest(sim: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Similarities `[c, L_query, L_ref]` -> distances `[c, L_query]` to the nearest usable
+    reference patch (`keep` `[c, L_ref]`); no usable patch gives distance 1."""
+    if keep is not None:
+        sim = sim.masked_fill(~keep[:, None, :], float("-inf"))
+    return 0.5 * (1 - sim.amax(dim=-1).clamp_min(-1.0))
 
 
 def text_keep_mask(text_probs: torch.Tensor, quantile: float = 0.9) -> torch.Tensor:
