@@ -444,6 +444,7 @@ class Detector:
             collate_fn=list,
             worker_init_fn=_single_thread,
             persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
         )
         yield from loader
 
