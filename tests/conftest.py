@@ -60,3 +60,14 @@ def quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+def tiny_cli(config: Path) -> list[str]:
+    """CLI options for the tiny random-weight model."""
+    return ["--model", str(config), "--pretrained", "none"]
+
+
+def evaluate_two_categories(mvtec_root: Path, out: Path, *extra: str) -> list[str]:
+    """`anoclip evaluate` arguments for the two shared MVTec categories."""
+    return ["evaluate", "--dataset", "mvtec", "--root", str(mvtec_root), "--categories",
+            "screw", "transistor", "--out", str(out), *extra]  # fmt: skip

@@ -13,7 +13,7 @@ from PIL import Image
 
 from anoclip.cli import main
 
-from .conftest import REPO
+from .conftest import REPO, tiny_cli
 
 
 def run_cli(*args):
@@ -42,20 +42,8 @@ def inputs(tmp_path_factory, mvtec):
 
 def test_detect_end_to_end(inputs, tiny_config, tmp_path):
     out = tmp_path / "out"
-    res = run_cli(
-        "detect",
-        inputs,
-        "--object",
-        "screw",
-        "--out",
-        out,
-        "--model",
-        tiny_config,
-        "--pretrained",
-        "none",
-        "--batch-size",
-        "2",
-    )
+    common = [inputs, "--object", "screw", "--out", out, *tiny_cli(tiny_config)]
+    res = run_cli("detect", *common, "--batch-size", "2")
     assert res.returncode == 1, res.stderr  # one unreadable file
     assert "RANDOM weights" in res.stderr
     with open(out / "scores.csv") as f:
@@ -74,20 +62,7 @@ def test_detect_end_to_end(inputs, tiny_config, tmp_path):
     assert (out / "run.json").exists()
 
     # --resume skips what is done; the corrupt file is retried and fails again
-    again = run_cli(
-        "detect",
-        inputs,
-        "--object",
-        "screw",
-        "--out",
-        out,
-        "--model",
-        tiny_config,
-        "--pretrained",
-        "none",
-        "--resume",
-        "--no-tta",
-    )
+    again = run_cli("detect", *common, "--resume", "--no-tta")
     assert again.returncode == 1 and "skipped 5 already done" in again.stderr
     with open(out / "scores.csv") as f:
         assert len(list(csv.DictReader(f))) == 5

@@ -16,7 +16,7 @@ from anoclip.cli import main
 from anoclip.datasets import DatasetError, Item, MaskLoader, load_dataset
 from anoclip.evaluate import EvalOptions, evaluate, subset
 
-from .conftest import REPO
+from .conftest import REPO, evaluate_two_categories, tiny_cli
 
 
 def png(path, array):
@@ -181,28 +181,8 @@ def test_evaluate_without_masks_gives_nan_pixel_metrics(fast_detector, tmp_path)
 
 
 def test_cli_evaluate_on_mvtec_subset(tiny_config, mvtec, tmp_path, capsys):
-    code = main(
-        [
-            "evaluate",
-            "--dataset",
-            "mvtec",
-            "--root",
-            str(mvtec),
-            "--categories",
-            "screw",
-            "transistor",
-            "--model",
-            str(tiny_config),
-            "--pretrained",
-            "none",
-            "--out",
-            str(tmp_path / "ev"),
-            "--limit",
-            "6",
-            "--set",
-            "image_score=cls",
-        ]
-    )
+    extra = [*tiny_cli(tiny_config), "--limit", "6", "--set", "image_score=cls"]
+    code = main(evaluate_two_categories(mvtec, tmp_path / "ev", *extra))
     assert code == 0
     text = (tmp_path / "ev/metrics.md").read_text()
     assert "| screw |" in text and "| transistor |" in text and "MuSc" in text
@@ -257,24 +237,7 @@ def test_paper_table_code_path(tiny_config, mvtec, tmp_path, capsys):
 @pytest.mark.slow
 def test_full_two_category_evaluation(tiny_config, mvtec, tmp_path):
     """The issue's 'done when' command: both shared categories in full (about 2 minutes)."""
-    code = main(
-        [
-            "evaluate",
-            "--dataset",
-            "mvtec",
-            "--root",
-            str(mvtec),
-            "--categories",
-            "screw",
-            "transistor",
-            "--model",
-            str(tiny_config),
-            "--pretrained",
-            "none",
-            "--out",
-            str(tmp_path / "ev"),
-        ]
-    )
+    code = main(evaluate_two_categories(mvtec, tmp_path / "ev", *tiny_cli(tiny_config)))
     assert code == 0
     with open(tmp_path / "ev/scores.csv") as f:
         assert len(list(csv.DictReader(f))) == 260

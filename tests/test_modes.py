@@ -15,6 +15,8 @@ from anoclip.fusion import RunningMoments, fuse_maps, moments
 from anoclip.references import aggregate, nn_distances, reference_sets, text_keep_mask
 from anoclip.synth import MAX_AREA, MIN_AREA, perlin, perlin_mask, synthesize, token_labels
 
+from .conftest import evaluate_two_categories, tiny_cli
+
 
 def unit(x):
     return x / x.norm(dim=-1, keepdim=True)
@@ -241,34 +243,9 @@ def test_bad_mode_arguments(tiny_backbone):
 def test_evaluate_runs_all_modes(tiny_config, mvtec, tmp_path):
     for mode, tta in (("anoclip", "noise"), ("dual", "synth"), ("mutual", "noise")):
         out = tmp_path / mode
-        code = main(
-            [
-                "evaluate",
-                "--dataset",
-                "mvtec",
-                "--root",
-                str(mvtec),
-                "--categories",
-                "screw",
-                "transistor",
-                "--model",
-                str(tiny_config),
-                "--pretrained",
-                "none",
-                "--out",
-                str(out),
-                "--limit",
-                "6",
-                "--mode",
-                mode,
-                "--tta",
-                tta,
-                "--set",
-                "image_score=cls",
-                "--set",
-                "tta_steps=1",
-            ]
-        )
+        extra = ["--limit", "6", "--mode", mode, "--tta", tta, "--set", "image_score=cls",
+                 "--set", "tta_steps=1"]  # fmt: skip
+        code = main(evaluate_two_categories(mvtec, out, *tiny_cli(tiny_config), *extra))
         assert code == 0
         with open(out / "metrics.csv") as f:
             assert [r["category"] for r in csv.DictReader(f)] == ["screw", "transistor", "mean"]
@@ -278,27 +255,9 @@ def test_evaluate_runs_all_modes(tiny_config, mvtec, tmp_path):
 
 def test_detect_cli_mutual(tiny_config, set_of_images, tmp_path):
     out = tmp_path / "o"
-    code = main(
-        [
-            "detect",
-            *set_of_images[:3],
-            "--object",
-            "screw",
-            "--out",
-            str(out),
-            "--model",
-            str(tiny_config),
-            "--pretrained",
-            "none",
-            "--mode",
-            "mutual",
-            "--refs",
-            "1",
-            "--no-tta",
-            "--set",
-            "image_score=cls",
-        ]
-    )
+    options = ["--object", "screw", "--out", str(out), *tiny_cli(tiny_config), "--mode",
+               "mutual", "--refs", "1", "--no-tta", "--set", "image_score=cls"]  # fmt: skip
+    code = main(["detect", *set_of_images[:3], *options])
     assert code == 0
     with open(out / "scores.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
