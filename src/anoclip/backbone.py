@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
 _NONE_TAGS = ("", "none", "random")
-_PROBE_TIMEOUT_S = 3.0
+_PROBE_TIMEOUT_S = 2.0
 
 
 class BackboneError(ValueError):
