@@ -68,6 +68,11 @@ class Sample:
     layout: Layout
     size: tuple[int, int]
 
+    def pin_memory(self) -> Sample:
+        """Called by the DataLoader (pin_memory=True on CUDA) for faster transfers."""
+        self.tiles = self.tiles.pin_memory()
+        return self
+
 
 @dataclass
 class Features:
@@ -233,8 +238,7 @@ class Detector:
                     if samples:
                         for smp in samples:
                             smp.tiles = smp.tiles[:0]  # pixels are no longer needed
-                        feats.ref_tokens = storage_dtype(feats.ref_tokens, len(todo), samples)
-                        kept.append((samples, feats))
+                        kept.append((samples, self._keep(feats, len(todo), samples)))
                 else:
                     yield from self._stream_results(batch, samples, feats)
                 bar.update(len(batch))
@@ -242,6 +246,12 @@ class Detector:
             bar.close()
         if kept:
             yield from self._transductive_results(kept, num_refs)
+
+    @staticmethod
+    def _keep(f: Features, n_images: int, samples: Sequence[Sample]) -> Features:
+        """Features kept for transductive scoring: on the CPU, large token sets in float16."""
+        tokens = storage_dtype(f.ref_tokens.cpu(), n_images, samples)
+        return Features(f.text_cos.cpu(), f.cls_cos.cpu(), f.cls.cpu(), f.grid, tokens)
 
     def _stream_results(self, batch, samples, feats):
         result = self.anoclip_outputs(feats, samples) if samples else None
@@ -297,7 +307,7 @@ class Detector:
         """Encoder + text branch (+ TTA of kind `kind`) for the tiles of `samples`."""
         s = self.settings
         dev = self.device
-        x = torch.cat([smp.tiles for smp in samples]).to(dev)
+        x = torch.cat([smp.tiles for smp in samples]).to(dev, non_blocking=True)
         depth = self.backbone.depth
         layers = s.token_layers(depth)
         ref_layers = s.reference_layers(depth) if refs else ()
