@@ -22,10 +22,6 @@ from PIL import Image
 
 from .images import IMAGE_SUFFIXES
 
-MVTEC_CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
-    "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-)  # fmt: skip
 # official test split (Bergmann et al., CVPR 2019): good, defective
 MVTEC_COUNTS = {
     "bottle": (20, 63), "cable": (58, 92), "capsule": (23, 109), "carpet": (28, 89),

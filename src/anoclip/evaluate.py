@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .datasets import Item, MaskLoader, load_dataset
+from .datasets import MVTEC_COUNTS, VISA_CATEGORIES, Item, MaskLoader, load_dataset
 from .detector import Detector, Failure, tta_kind
 from .paper_numbers import CATEGORY_ANCHORS, Reference, means_for
 from .preprocess import resize_map
@@ -308,9 +308,9 @@ def metrics_markdown(
     if means:
         full = (
             opts.dataset == "mvtec"
-            and len(results) == 15
+            and len(results) == len(MVTEC_COUNTS)
             or opts.dataset == "visa"
-            and len(results) == 12
+            and len(results) == len(VISA_CATEGORIES)
         )
         note = "" if full else " (compare only a full-dataset mean with these; here compare rows)"
         lines += ["", f"## Dataset means, reference numbers (METHOD.md §7){note}", ""]

@@ -114,11 +114,6 @@ def read_finished(path: Path) -> set[str]:
         return {row["source"] for row in csv.DictReader(f) if row.get("source")}
 
 
-def read_scores(path: str | os.PathLike) -> dict[str, float]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["source"]: float(row["score"]) for row in csv.DictReader(f)}
-
-
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr, dtype=np.float32))
