@@ -139,6 +139,7 @@ class Detector:
         self._preparer = Preparer(self.backbone, self.settings)
         self._text = TextCache()
         self._adam_carry: dict[str, AdamState] = {}
+        self._texture_files: list[Path] | None = None  # synth_textures, listed once
 
     # ------------------------------------------------------------------ public API
 
@@ -378,10 +379,12 @@ class Detector:
         mean = torch.tensor(bb.mean, device=x.device).view(3, 1, 1)
         std = torch.tensor(bb.std, device=x.device).view(3, 1, 1)
         grid = self.encoder.grid
+        start = torch.Generator().manual_seed(self.seed + 1)
+        texture = self._texture(start, x.shape[-2:], x.device)  # the same draw for every tile
         images, labels = [], []
         for tile in x:
-            g = torch.Generator().manual_seed(self.seed + 1)
-            texture = self._texture(g, tile.shape[-2:], x.device)
+            g = torch.Generator()
+            g.set_state(start.get_state())
             syn = synthesize((tile.float() * std + mean).clamp(0, 1), grid, g, texture)
             images.append((syn.image - mean) / std)
             labels.append(syn.labels)
@@ -396,9 +399,11 @@ class Detector:
         folder = self.settings.synth_textures
         if not folder:
             return None
-        from .images import expand_inputs
+        if self._texture_files is None:
+            from .images import expand_inputs
 
-        files = expand_inputs([folder])
+            self._texture_files = expand_inputs([folder])
+        files = self._texture_files
         if not files:
             raise ValueError(f"synth_textures: no images in {folder}")
         img = load_rgb(files[int(torch.randint(len(files), (), generator=g))])
