@@ -23,8 +23,11 @@ from .references import nn_distances, reference_sets, text_keep_mask
 from .scoring import gaussian_blur, probs_from_cosines
 
 
-def visual_scores(detector, features: Sequence, counts: Sequence[int], num_refs) -> torch.Tensor:
-    """Visual anomaly score per unit and patch `[U, L]` (distances averaged over layers)."""
+def visual_scores(
+    detector, features: Sequence, counts: Sequence[int], num_refs, text_cos: torch.Tensor
+) -> torch.Tensor:
+    """Visual anomaly score per unit and patch `[U, L]` (distances averaged over layers);
+    `text_cos` `[U, nL, L, 2]` feeds the text filter."""
     s = detector.settings
     cls = torch.cat([f.cls for f in features])
     tokens = torch.cat([f.ref_tokens for f in features])  # [U, nR, L, C], float16 if large
@@ -34,7 +37,6 @@ def visual_scores(detector, features: Sequence, counts: Sequence[int], num_refs)
     )
     keep = None
     if s.ref_filter == "text":
-        text_cos = torch.cat([f.text_cos for f in features])
         patch_probs = probs_from_cosines(text_cos, s.fusion_temperature).mean(dim=1)  # [U, L]
         keep = text_keep_mask(patch_probs, s.ref_filter_quantile)
     per_layer = [
@@ -51,8 +53,8 @@ def score_transductive(
     s = detector.settings
     tau = s.fusion_temperature
     counts = [smp.layout.num_tiles for smp in samples]
-    vis = visual_scores(detector, features, counts, num_refs)
     text_cos = torch.cat([f.text_cos for f in features])  # [U, nL, L, 2]
+    vis = visual_scores(detector, features, counts, num_refs, text_cos)
     cls_cos = torch.cat([f.cls_cos for f in features])  # [U, V, 2]
     grid = features[0].grid
     bounds = torch.tensor([0, *counts]).cumsum(0).tolist()
