@@ -15,7 +15,7 @@ from anoclip.fusion import RunningMoments, fuse_maps, moments
 from anoclip.references import aggregate, nn_distances, reference_sets, text_keep_mask
 from anoclip.synth import MAX_AREA, MIN_AREA, perlin, perlin_mask, synthesize, token_labels
 
-from .conftest import evaluate_two_categories, tiny_cli
+from ..conftest import evaluate_two_categories, tiny_cli
 
 
 def unit(x):

@@ -10,7 +10,7 @@ import pytest
 
 from anoclip import Detector
 
-from .conftest import REPO
+from ..conftest import REPO
 
 
 @pytest.fixture(scope="module")

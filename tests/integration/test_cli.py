@@ -13,7 +13,7 @@ from PIL import Image
 
 from anoclip.cli import main
 
-from .conftest import REPO, tiny_cli
+from ..conftest import REPO, tiny_cli
 
 
 def run_cli(*args):

@@ -16,7 +16,7 @@ from anoclip.cli import main
 from anoclip.datasets import DatasetError, Item, MaskLoader, load_dataset
 from anoclip.evaluate import EvalOptions, evaluate, subset
 
-from .conftest import REPO, evaluate_two_categories, tiny_cli
+from ..conftest import REPO, evaluate_two_categories, tiny_cli
 
 
 def png(path, array):

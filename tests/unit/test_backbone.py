@@ -9,7 +9,7 @@ import torch
 
 from anoclip import BackboneError, WeightsUnavailableError, load_backbone
 
-from .conftest import TINY_SEED0, need
+from ..conftest import TINY_SEED0, need
 
 
 def test_offline_pretrained_tag_fails_fast_with_instructions(tmp_path, monkeypatch):

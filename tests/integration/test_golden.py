@@ -16,7 +16,7 @@ from anoclip.detector import Sample
 from anoclip.preprocess import Layout
 from anoclip.tta import TTAOverrides
 
-from .conftest import MVTEC, need
+from ..conftest import MVTEC, need
 
 CLASSES = ("screw", "transistor")
 
