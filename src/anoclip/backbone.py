@@ -30,20 +30,14 @@ from open_clip.constants import (
 )
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
+from .errors import BackboneError, WeightsUnavailableError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
 _NONE_TAGS = ("", "none", "random")
 _PROBE_TIMEOUT_S = 2.0
-
-
-class BackboneError(ValueError):
-    """A model name, config or checkpoint that cannot be used (message is one line)."""
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable (offline)."""
 
 
 @dataclass

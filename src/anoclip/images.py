@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageDecodeError
+
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class ImageDecodeError(ValueError):
-    """An input that cannot be turned into an RGB image; the message is the reason."""
 
 
 def load_rgb(source: ImageInput) -> Image.Image:
