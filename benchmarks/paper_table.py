@@ -22,19 +22,22 @@ import time
 import warnings
 from pathlib import Path
 
-from anoclip import Detector, Settings
-from anoclip.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from anoclip.evaluate import EvalOptions, evaluate, mean_row, paper_preset
+from anoclip import Detector, Runtime, Settings
+from anoclip.evaluate import EvalOptions, evaluate, mean_row
 from anoclip.metrics import NAMES
-from anoclip.paper_numbers import means_for
+from anoclip.published import means_for
+from anoclip.settings import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from anoclip.settings import preset as protocol_preset
 
 
 def run_dataset(name: str, root: str, args: argparse.Namespace) -> list:
-    preset = paper_preset(name)
-    settings = dataclasses.replace(Settings(batch_size=args.batch_size), **preset["settings"])
+    preset = protocol_preset("paper", name)
+    settings = dataclasses.replace(Settings(), **preset["settings"])
+    runtime = Runtime(batch_size=args.batch_size, device=args.device)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        det = Detector(args.model, args.pretrained, args.device, preset["seed"], settings)
+        det = Detector(args.model, args.pretrained, seed=preset["seed"], settings=settings,
+                       runtime=runtime)  # fmt: skip
     opts = EvalOptions(
         dataset=name, root=root, categories=args.categories, limit=args.limit,
         strict=args.limit is None and not args.categories,
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n({time.perf_counter() - started:.0f} s; per-category tables in {args.out}/*/metrics.md)"
     )
     if args.pretrained.lower() in ("none", "random", ""):
-        print("Random weights: these numbers are chance level, not detection quality.")
+        print("Random weights: these numbers say nothing about detection quality.")
     return 0
 
 

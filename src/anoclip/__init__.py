@@ -4,29 +4,78 @@
 >>> det = anoclip.Detector()                      # ViT-B-16-plus-240, laion400m_e32
 >>> preds = det.predict(["a.png", "b.png"], "screw")
 >>> preds[0].score, preds[0].anomaly_map.shape
+
+Importing the package is cheap: the model stack (torch, open_clip) loads on first use of a
+name that needs it, so ``anoclip --help`` answers at once.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .backbone import (  # noqa: E402
-    Backbone,
-    BackboneError,
-    WeightsUnavailableError,
-    load_backbone,
-)
-from .detector import Detector, Failure, Prediction  # noqa: E402
-from .images import ImageDecodeError  # noqa: E402
-from .settings import Settings  # noqa: E402
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("anoclip")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "AnoclipError": "errors",
+    "AnoclipWarning": "errors",
+    "BackboneError": "errors",
+    "ImageDecodeError": "errors",
+    "UsageError": "errors",
+    "WeightsUnavailableError": "errors",
+    "Runtime": "settings",
+    "Settings": "settings",
+    "Failure": "records",
+    "Prediction": "records",
+    "Backbone": "backbone",
+    "load_backbone": "backbone",
+    "Detector": "detector",
+}
 
 __all__ = [
+    "AnoclipError",
+    "AnoclipWarning",
     "Backbone",
     "BackboneError",
     "Detector",
     "Failure",
     "ImageDecodeError",
     "Prediction",
+    "Runtime",
     "Settings",
+    "UsageError",
     "WeightsUnavailableError",
     "__version__",
     "load_backbone",
 ]
+
+if TYPE_CHECKING:
+    from .backbone import Backbone, load_backbone
+    from .detector import Detector
+    from .errors import (
+        AnoclipError,
+        AnoclipWarning,
+        BackboneError,
+        ImageDecodeError,
+        UsageError,
+        WeightsUnavailableError,
+    )
+    from .records import Failure, Prediction
+    from .settings import Runtime, Settings
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'anoclip' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,45 +1,66 @@
-"""The `anoclip` command line: `anoclip detect` (and `anoclip evaluate`)."""
+"""The `anoclip` command line: `anoclip detect` and `anoclip evaluate`.
+
+Arguments are parsed and validated — settings, inputs, the output folder, a resumed run's
+fingerprint — before torch and open_clip are imported and before anything is written, so
+`--help`, `--version` and every usage error answer at once and leave disk untouched.
+User errors (:class:`~anoclip.errors.AnoclipError`, ``OSError``) are one line with exit
+code 2; any other exception is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
+import json
+import os
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
 
 from . import __version__
-from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, BackboneError, WeightsUnavailableError
-from .images import expand_inputs, unique_stems
-from .settings import Settings
+from .errors import AnoclipError, AnoclipWarning, ResultFolderError, UsageError
+from .listing import expand_inputs, output_names
+from .prompts import prompt_name
+from .settings import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    Mode,
+    Precision,
+    Runtime,
+    Settings,
+    TTAKind,
+    choices,
+    differing_fields,
+    fingerprint,
+    preset,
+    ref_count,
+)
 
-
-class CliError(Exception):
-    """A user error reported as one line, exit code 2."""
+RUN_INFO = "run.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("anoclip: interrupted; finished results are kept", file=sys.stderr)
-        return 130
-    except (
-        CliError,
-        BackboneError,
-        WeightsUnavailableError,
-        FileNotFoundError,
-        ValueError,
-        RuntimeError,
-    ) as exc:
-        print(f"anoclip: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("anoclip: interrupted; finished results are kept", file=sys.stderr)
+            return 130
+        except (AnoclipError, OSError) as exc:
+            if args.debug:
+                traceback.print_exc()
+            print(f"anoclip: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(det)
     add_mode_args(det)
     det.add_argument("--resume", action="store_true", help="skip images already in scores.csv")
+    det.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier run in --out"
+    )
     det.add_argument("--no-overlay", action="store_true", help="write .npy maps only")
+    det.add_argument(
+        "--max-map-side",
+        type=int,
+        default=2048,
+        help="longest side of the written maps in pixels (default 2048; 0: the image's size)",
+    )
     det.set_defaults(func=run_detect)
 
     ev = sub.add_parser("evaluate", help="metrics on a labelled test set (MVTec AD, VisA, folder)")
@@ -85,7 +115,7 @@ def add_mode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mode",
         default="anoclip",
-        choices=("anoclip", "dual", "mutual"),
+        choices=choices(Mode),
         help="anoclip: each image alone; dual: images in pairs, each the reference of the "
         "other; mutual: each image against --refs others (all inputs form one set)",
     )
@@ -93,7 +123,7 @@ def add_mode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tta",
         default="noise",
-        choices=("none", "noise", "synth", "both"),
+        choices=choices(TTAKind),
         help="test-time adaptation: noise (AnoCLIP), synth (synthesized anomalies), both",
     )
     p.add_argument("--no-tta", action="store_true", help="same as --tta none")
@@ -105,7 +135,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--pretrained", default=DEFAULT_PRETRAINED, help="tag, checkpoint file, or 'none'"
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
-    p.add_argument("--batch-size", type=int, default=Settings.batch_size)
+    p.add_argument("--batch-size", type=int, default=Runtime.batch_size)
+    p.add_argument("--precision", default="fp32", choices=choices(Precision), help="CUDA only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="image decoding workers")
     p.add_argument(
@@ -115,19 +146,27 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a setting, e.g. --set temperature=0.07 --set adapter=linear",
     )
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors too")
 
 
-def parse_settings(pairs: Sequence[str], batch_size: int) -> Settings:
-    """`KEY=VALUE` strings -> Settings (values parsed by the field's default type)."""
-    defaults = Settings()
-    values: dict[str, object] = {"batch_size": batch_size}
+# ----------------------------------------------------------------------------- settings
+
+
+def parse_settings(pairs: Sequence[str]) -> tuple[Settings, dict[str, Any]]:
+    """`KEY=VALUE` strings -> (Settings, runtime fields), values parsed by the field's
+    default type. Raises UsageError naming the pair."""
+    defaults, runtime = Settings(), Runtime()
+    values: dict[str, object] = {}
+    run: dict[str, object] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in Settings.names():
-            raise CliError(f"--set {pair!r}: expected KEY=VALUE with KEY in {Settings.names()}")
-        values[key] = _parse_value(raw.strip(), getattr(defaults, key), key)
-    return dataclasses.replace(defaults, **values)
+        target = values if key in Settings.names() else run
+        if not sep or key not in (*Settings.names(), *Runtime.names()):
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE with KEY in {Settings.names()}")
+        default = getattr(defaults if target is values else runtime, key)
+        target[key] = _parse_value(raw.strip(), default, key)
+    return dataclasses.replace(defaults, **values), run
 
 
 def _parse_value(raw: str, default: object, key: str) -> object:
@@ -143,81 +182,202 @@ def _parse_value(raw: str, default: object, key: str) -> object:
         if isinstance(default, tuple):
             return tuple(int(x) for x in raw.split(",") if x.strip())
     except ValueError:
-        raise CliError(f"--set {key}={raw}: not a valid {type(default).__name__}") from None
+        raise UsageError(f"--set {key}={raw}: not a valid {type(default).__name__}") from None
+    return None if raw.lower() == "none" and default is None else raw
+
+
+def tta_arg(args: argparse.Namespace) -> str:
+    return "none" if args.no_tta else args.tta
+
+
+def refs_arg(args: argparse.Namespace) -> int | str | None:
+    """--refs as given -> validated references per image for --mode."""
+    raw = args.refs
+    if raw is not None and raw != "all":
+        try:
+            raw = int(raw)
+        except ValueError:
+            raise UsageError(
+                f"--refs {args.refs!r}: expected a positive integer or 'all'"
+            ) from None
+    try:
+        ref_count(args.mode, raw)
+    except UsageError as exc:
+        raise UsageError(f"--refs {args.refs!r}: {exc}") from None
     return raw
 
 
-def make_detector(args: argparse.Namespace, preset: dict | None = None):
-    from .detector import Detector
+def model_identity(args: argparse.Namespace) -> tuple[str, str]:
+    """Model and weights as they enter the fingerprint (files by absolute path)."""
 
-    settings = parse_settings(args.set, args.batch_size)
-    if preset:
-        settings = dataclasses.replace(settings, **preset.get("settings", {}))
-        args.seed = preset.get("seed", args.seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        det = Detector(
-            args.model, args.pretrained, args.device, args.seed, settings, num_workers=args.workers
+    def resolved(value: str) -> str:
+        return str(Path(value).resolve()) if Path(value).is_file() else value
+
+    return resolved(args.model), resolved(args.pretrained or "none")
+
+
+class Plan:
+    """Everything `anoclip detect` will do, validated before the stack loads."""
+
+    def __init__(self, args: argparse.Namespace, preset_values: dict | None = None) -> None:
+        self.settings, run = parse_settings(args.set)
+        if preset_values:
+            self.settings = dataclasses.replace(self.settings, **preset_values["settings"])
+            args.seed = preset_values["seed"]
+        self.runtime = Runtime(
+            **{
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "device": args.device,
+                "precision": args.precision,
+                **run,
+            }
         )
-    for w in caught:
-        print(f"anoclip: warning: {w.message}", file=sys.stderr)
-    return det
+        self.tta = tta_arg(args)
+        self.refs = refs_arg(args)
+        self.seed = args.seed
+
+    def detector(self, args: argparse.Namespace):
+        """Load the model stack (the first import of torch) and build the Detector."""
+        from .detector import Detector
+
+        return Detector(args.model, args.pretrained, seed=self.seed, settings=self.settings,
+                        runtime=self.runtime)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- detect
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    from .outputs import ResultWriter
-
+    plan = Plan(args)
+    try:
+        prompt_name(args.object)
+    except ValueError as exc:
+        raise UsageError(f"--object {args.object!r}: {exc}") from None
+    if args.max_map_side < 0:
+        raise UsageError("--max-map-side must be >= 0")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
     paths = expand_inputs(args.inputs)
     if not paths:
-        raise CliError(f"no images found in {' '.join(args.inputs)}")
-    names = unique_stems(paths)
+        raise UsageError(f"no images found in {' '.join(args.inputs)}")
+    model, pretrained = model_identity(args)
+    finger = fingerprint(
+        plan.settings, model=model, pretrained=pretrained, seed=plan.seed, object=args.object,
+        mode=args.mode, refs=plan.refs, tta=plan.tta, max_map_side=args.max_map_side,
+    )  # fmt: skip
+    out = Path(args.out)
+    check_output_folder(out, args.resume, args.overwrite, finger)
+
+    from .outputs import ResultWriter  # the stack loads from here on
+
+    det = plan.detector(args)
+    names = output_names(paths)
     index_of = {str(p): i for i, p in enumerate(paths)}
-    det = make_detector(args)
     started = time.perf_counter()
-    with ResultWriter(args.out, resume=args.resume, overlays=not args.no_overlay) as writer:
-        writer.write_run_info(run_info(args, det))
+    info = run_info(args, det, finger)
+    with ResultWriter(out, resume=args.resume, overwrite=args.overwrite,
+                      overlays=not args.no_overlay) as writer:  # fmt: skip
+        writer.write_run_info(info)
         skip = [i for i, p in enumerate(paths) if str(p) in writer.finished]
-        count = 0
+        count, modes = 0, set()
         stream = det.iter_predict(
-            list(index_of), args.object, tta_arg(args), mode=args.mode, refs=refs_arg(args),
-            progress=True, skip=skip,
+            list(index_of), args.object, plan.tta, mode=args.mode, refs=plan.refs,
+            progress=True, skip=skip, max_map_side=args.max_map_side or None,
         )  # fmt: skip
         for item in stream:
             if hasattr(item, "reason"):
                 writer.add_failure(item)
-                print(f"anoclip: cannot read {item.source}: {item.reason}", file=sys.stderr)
+                _warn(f"cannot read {item.source}: {item.reason}")
                 continue
             writer.add(item, names[index_of[item.source]], item.source)
+            modes.add(item.mode)
             count += 1
         errors = writer.num_errors
+        if modes:
+            writer.write_run_info({**info, "modes_used": sorted(modes)})
     elapsed = time.perf_counter() - started
     print(
         f"anoclip: scored {count} image(s) in {elapsed:.1f} s"
         + (f", skipped {len(skip)} already done" if skip else "")
-        + (f", {errors} unreadable (see {Path(args.out) / 'errors.csv'})" if errors else "")
-        + f"; results in {args.out}",
+        + (f", {errors} unreadable (see {out / 'errors.csv'})" if errors else "")
+        + f"; results in {out}",
         file=sys.stderr,
     )
     return 1 if errors else 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import EvalOptions, evaluate, paper_preset
+def check_output_folder(out: Path, resume: bool, overwrite: bool, finger: dict) -> None:
+    """Refuse, before anything is written or loaded: a file in place of the folder, a
+    folder that cannot be written, earlier results without --resume/--overwrite, and a
+    resume whose settings fingerprint differs from the earlier run's."""
+    if out.exists() and not out.is_dir():
+        raise ResultFolderError(f"--out {out}: is an existing file, not a folder")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ResultFolderError(f"--out {out}: {probe} is not writable")
+    scores = out / "scores.csv"
+    has_results = scores.is_file() and scores.stat().st_size > 0
+    if has_results and not (resume or overwrite):
+        raise ResultFolderError(
+            f"--out {out} holds the results of an earlier run; pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+    if resume and has_results:
+        earlier = _earlier_fingerprint(out / RUN_INFO)
+        changed = differing_fields(earlier, json.loads(json.dumps(finger)))
+        if changed:
+            raise ResultFolderError(
+                f"--resume: {out} was made with different settings ({', '.join(changed)}); "
+                "use the same settings, another --out, or --overwrite"
+            )
 
-    preset = paper_preset(args.dataset) if args.preset == "paper" else None
-    det = make_detector(args, preset)
+
+def _earlier_fingerprint(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ResultFolderError(
+            f"--resume: {path} is missing or unreadable, so the earlier run's settings are "
+            "unknown; use another --out or --overwrite"
+        ) from None
+
+
+def run_info(args: argparse.Namespace, det: Any, finger: dict) -> dict:
+    return {
+        "anoclip": __version__,
+        "command": " ".join(sys.argv),
+        "fingerprint": finger,
+        "model": det.backbone.name,
+        "pretrained": det.backbone.pretrained,
+        "random_weights": det.backbone.random_weights,
+        "seed": det.seed,
+        "object": getattr(args, "object", None),
+        "mode": args.mode,
+        "refs": args.refs,
+        "tta": tta_arg(args),
+        "settings": dataclasses.asdict(det.settings),
+        "runtime": {**dataclasses.asdict(det.runtime), "device": str(det.device)},
+    }
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    plan = Plan(args, preset(args.preset, args.dataset) if args.preset else None)
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UsageError(f"--root {root}: no such folder")
+
+    from .evaluate import EvalOptions, evaluate  # the stack loads from here on
+
+    det = plan.detector(args)
     opts = EvalOptions(
-        dataset=args.dataset,
-        root=args.root,
-        categories=args.categories,
-        tta=tta_arg(args),
-        mode=args.mode,
-        refs=refs_arg(args),
-        eval_size=args.eval_size,
-        ap_mode=args.ap_mode,
-        strict=not args.no_strict,
-        limit=args.limit,
-    )
+        dataset=args.dataset, root=args.root, categories=args.categories, tta=plan.tta,
+        mode=args.mode, refs=plan.refs, eval_size=args.eval_size, ap_mode=args.ap_mode,
+        strict=not args.no_strict, limit=args.limit,
+    )  # fmt: skip
     started = time.perf_counter()
     results = evaluate(det, opts, args.out, log=lambda m: print(f"anoclip: {m}", file=sys.stderr))
     print((Path(args.out) / "metrics.md").read_text())
@@ -229,34 +389,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def tta_arg(args: argparse.Namespace) -> str:
-    return "none" if args.no_tta else args.tta
+# ----------------------------------------------------------------------------- messages
 
 
-def refs_arg(args: argparse.Namespace) -> int | str | None:
-    if args.refs is None or args.refs == "all":
-        return args.refs
-    try:
-        return int(args.refs)
-    except ValueError:
-        raise CliError(f"--refs {args.refs!r}: expected a positive integer or 'all'") from None
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return text
 
 
-def run_info(args: argparse.Namespace, det) -> dict:
-    return {
-        "anoclip": __version__,
-        "command": " ".join(sys.argv),
-        "model": det.backbone.name,
-        "pretrained": det.backbone.pretrained,
-        "random_weights": det.backbone.random_weights,
-        "device": str(det.device),
-        "seed": det.seed,
-        "object": getattr(args, "object", None),
-        "tta": tta_arg(args),
-        "mode": args.mode,
-        "refs": args.refs,
-        "settings": dataclasses.asdict(det.settings),
-    }
+def _warn(text: str) -> None:
+    _write_line(f"anoclip: warning: {text}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Every warning as one `anoclip: warning:` line (above any progress bar)."""
+    text = " ".join(str(message).split())
+    text = text.removeprefix("anoclip: ").removeprefix("warning: ")
+    if not issubclass(category, (AnoclipWarning, UserWarning, DeprecationWarning)):
+        text = f"{category.__name__}: {text}"
+    _write_line(f"anoclip: warning: {text}")
+
+
+def _write_line(text: str) -> None:
+    tqdm.write(text, file=sys.stderr)
 
 
 if __name__ == "__main__":

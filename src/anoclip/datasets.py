@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import IMAGE_SUFFIXES
+from .listing import IMAGE_SUFFIXES
 
 # official test split (Bergmann et al., CVPR 2019): good, defective
 MVTEC_COUNTS = {

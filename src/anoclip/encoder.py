@@ -11,7 +11,8 @@ same input u_l = LN1_l(h_{l-1}):
 
 Tokens are LN_post(·)·P of the snapshot of each requested layer. Snapshots are fresh
 tensors (no in-place updates), so per-layer tokens are real per-layer values (the
-reference's aliasing bug, pitfall P1, cannot happen).
+official code's aliasing bug, pitfall P1, cannot happen). The tower's internals are read
+through :mod:`anoclip.towers` only.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
+
+from . import towers
+from .towers import BlockParts
 
 
 @dataclass
@@ -42,19 +45,19 @@ class EncoderOutput:
 
 
 class VVEncoder(nn.Module):
-    """V-V dual-path encoder over an open_clip :class:`VisionTransformer` (weights shared)."""
+    """V-V dual-path encoder over an open_clip ViT vision tower (weights shared)."""
 
-    def __init__(self, visual: VisionTransformer, vv_start_layer: int = 1) -> None:
+    def __init__(self, visual: nn.Module, vv_start_layer: int = 1) -> None:
         super().__init__()
         self.visual = visual
-        self.depth = len(visual.transformer.resblocks)
+        self.depth = towers.depth(visual)
         if not 1 <= vv_start_layer <= self.depth:
             raise ValueError(f"vv_start_layer must be in [1, {self.depth}]")
         self.vv_start_layer = vv_start_layer
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.visual.grid_size)
+        return towers.grid_size(self.visual)
 
     def forward(
         self,
@@ -75,13 +78,13 @@ class VVEncoder(nn.Module):
             raise ValueError(
                 f"V-V layers {layers} start before vv_start_layer={self.vv_start_layer}"
             )
-        h = self._embed(images)
+        h = towers.embed(self.visual, images)
         z = None
         vv_snap: dict[int, torch.Tensor] = {}
         ori_snap: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(self.visual.transformer.resblocks, start=1):
+        for index, block in enumerate(towers.blocks(self.visual), start=1):
             with_vv = index >= self.vv_start_layer and index <= max(layers)
-            h_next, o_vv = _dual_block(block, h, with_vv)
+            h_next, o_vv = _dual_block(towers.block_parts(block), h, with_vv)
             if with_vv:
                 z = (h if z is None else z) + o_vv
                 if index in layers:
@@ -89,64 +92,49 @@ class VVEncoder(nn.Module):
             h = h_next
             if index in ori_layers:
                 ori_snap[index] = h[:, 1:]
-        cls = self._project(h[:, 0])
-        vv = {layer: self._project(t) for layer, t in vv_snap.items()}
-        ori = {layer: self._project(t) for layer, t in ori_snap.items()}
+        cls = towers.project(self.visual, h[:, 0])
+        vv = {layer: towers.project(self.visual, t) for layer, t in vv_snap.items()}
+        ori = {layer: towers.project(self.visual, t) for layer, t in ori_snap.items()}
         return EncoderOutput(cls=cls, vv=vv, ori=ori, grid=self.grid)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """h_0 = LN_pre(patch_embed(x) ⊕ cls + pos): `[B, 1+L, D]`."""
-        v = self.visual
-        x = v.conv1(x)
-        x = x.flatten(2).transpose(1, 2)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        return v.ln_pre(x)
-
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        """LN_post then projection P: `[..., D] -> [..., C]`."""
-        x = self.visual.ln_post(x)
-        return x @ self.visual.proj if self.visual.proj is not None else x
 
 
 def _dual_block(
-    block: ResidualAttentionBlock, h: torch.Tensor, with_vv: bool
+    block: BlockParts, h: torch.Tensor, with_vv: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One block of both paths from the original stream `h` `[B, N, D]`.
 
     Returns h_l and o_vv_l (None when `with_vv` is False). The attention is written out
-    (no fused kernels) in the reference's operation order, so that float32 results are
-    bit-identical to it; see :func:`_reference_softmax`.
+    (no fused kernels) in the official code's operation order, so that float32 results are
+    bit-identical to it; see :func:`anovl_softmax`.
     """
-    attn: nn.MultiheadAttention = block.attn
     b, n, d = h.shape
-    heads = attn.num_heads
+    heads = block.heads
     scale = (d // heads) ** -0.5
     u = block.ln_1(h)
-    qkv = F.linear(u, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = F.linear(u, block.qkv_weight, block.qkv_bias)
     q, k, v = qkv.reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # [B, heads, N, d_h]
-    weights = _reference_softmax((q @ k.transpose(-2, -1)) * scale).to(v.dtype)
-    o_ori = _merge_heads(weights @ v, attn)
+    weights = anovl_softmax((q @ k.transpose(-2, -1)) * scale).to(v.dtype)
+    o_ori = _merge_heads(weights @ v, block)
     h_mid = h + block.ls_1(o_ori)
     h_next = h_mid + block.ls_2(block.mlp(block.ln_2(h_mid)))
     if not with_vv:
         return h_next, None
     weights = ((v @ v.transpose(-2, -1)) * scale).float().softmax(dim=-1).to(v.dtype)
-    return h_next, block.ls_1(_merge_heads(weights @ v, attn))
+    return h_next, block.ls_1(_merge_heads(weights @ v, block))
 
 
-def _merge_heads(x: torch.Tensor, attn: nn.MultiheadAttention) -> torch.Tensor:
+def _merge_heads(x: torch.Tensor, block: BlockParts) -> torch.Tensor:
     """`[B, heads, N, d_h]` -> output projection `[B, N, D]`."""
     b, heads, n, dh = x.shape
     x = x.transpose(1, 2).reshape(b, n, heads * dh)
-    return F.linear(x, attn.out_proj.weight, attn.out_proj.bias)
+    return F.linear(x, block.out_weight, block.out_bias)
 
 
-def _reference_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """softmax as the reference computes it, exp(x) / Σ exp(x), in float32.
+def anovl_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """softmax as the official code computes it, exp(x) / Σ exp(x), in float32.
 
     Rows whose maximum could overflow exp (> 60) are shifted by their maximum first; for
-    all other rows the shift is exactly 0, so the result is bit-identical to the reference.
+    all other rows the shift is exactly 0, so the result is bit-identical to AnoVL's.
     """
     x = logits.float()
     peak = x.amax(dim=-1, keepdim=True)

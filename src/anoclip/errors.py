@@ -17,6 +17,10 @@ class UsageError(AnoclipError, ValueError):
     """Invalid arguments or settings (a bad value, an impossible combination)."""
 
 
+class UnknownSettingError(UsageError, TypeError):
+    """A setting name that does not exist (also a TypeError, like an unknown keyword)."""
+
+
 class BackboneError(AnoclipError, ValueError):
     """A model name, config or checkpoint that cannot be used."""
 
@@ -35,3 +39,24 @@ class EvaluationError(AnoclipError, RuntimeError):
 
 class ResultFolderError(AnoclipError):
     """An output folder that cannot be written, or whose results would be lost or mixed."""
+
+
+class CalibrationError(AnoclipError, ValueError):
+    """Thresholds cannot be estimated from the given scores (too few, not finite)."""
+
+
+class ThresholdFileError(AnoclipError, ValueError):
+    """A threshold file that is malformed, or that was made with other settings."""
+
+
+class ReportError(AnoclipError, ValueError):
+    """A report cannot be built from the given rows (missing map, mismatched sizes)."""
+
+
+class AnoclipWarning(UserWarning):
+    """Something the user should know (a fallback, a clipped prompt); the command line
+    prints it as one ``anoclip: warning: ...`` line."""
+
+
+class BankError(AnoclipError, ValueError):
+    """A bank of normal features that cannot be read, written or used with these settings."""

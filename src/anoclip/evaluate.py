@@ -2,7 +2,7 @@
 
     OUT/categories/CAT.json   one finished category: metrics, per-image scores, settings
     OUT/metrics.csv           category,image_auroc,...,aupro (+ a `mean` row), in [0, 1]
-    OUT/metrics.md            the same table in %, beside METHOD.md's reference numbers
+    OUT/metrics.md            the same table in %, beside METHOD.md's published numbers
     OUT/scores.csv            category,source,label,score (label 1 = anomalous)
 
 A category whose JSON exists with the same settings is loaded instead of recomputed, so
@@ -18,23 +18,23 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics as M
 from .datasets import MVTEC_COUNTS, VISA_CATEGORIES, Item, MaskLoader, load_dataset
-from .detector import Detector, Failure, tta_kind
-from .paper_numbers import CATEGORY_ANCHORS, Reference, means_for
+from .detector import Detector
+from .errors import EvaluationError
 from .preprocess import resize_map
+from .published import CATEGORY_ANCHORS, Published, means_for
+from .records import Failure
+from .settings import Mode, tta_kind
+from .settings import fingerprint as settings_fingerprint
 
 SETTING_CLASS = {"anoclip": "TF-1IMG", "dual": "PAIR", "mutual": "BATCH"}
 METRIC_LABELS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO")
-
-
-class EvaluationError(RuntimeError):
-    """The evaluation cannot go on (e.g. an unreadable test image); one-line message."""
 
 
 @dataclass
@@ -54,7 +54,7 @@ class EvalOptions:
     root: str
     categories: Sequence[str] | None = None
     tta: bool | str = True
-    mode: str = "anoclip"
+    mode: Mode = "anoclip"
     refs: int | str | None = None
     eval_size: int | None = None  # shorter side of maps/masks; None: model resolution
     ap_mode: str = "step"
@@ -62,33 +62,15 @@ class EvalOptions:
     limit: int | None = None  # smoke tests: a stratified subset of this many per category
 
 
-def paper_preset(dataset: str) -> dict:
-    """The papers' protocol (METHOD.md §1, §2.4, §2.5, §4) per dataset: seed and settings."""
-    if dataset == "visa":
-        return {
-            "seed": 42,
-            "settings": {"tiling": "two_tile", "image_score": "cls", "adapter": "linear"},
-        }
-    return {
-        "seed": 111,
-        "settings": {"tiling": "none", "image_score": "cls_aug22", "adapter": "text"},
-    }
-
-
 def fingerprint(detector: Detector, opts: EvalOptions) -> dict:
-    """What determines a category's numbers: a finished category is reused only if equal."""
-    return {
-        "model": detector.backbone.name,
-        "pretrained": detector.backbone.pretrained,
-        "seed": detector.seed,
-        "settings": asdict(detector.settings),
-        "tta": tta_kind(opts.tta),
-        "mode": opts.mode,
-        "refs": opts.refs,
-        "eval_size": opts.eval_size,
-        "ap_mode": opts.ap_mode,
-        "limit": opts.limit,
-    }
+    """What determines a category's numbers (runtime choices such as the batch size do
+    not): a finished category is reused only if equal."""
+    bb = detector.backbone
+    return settings_fingerprint(
+        detector.settings, model=bb.name, pretrained=bb.pretrained, seed=detector.seed,
+        tta=tta_kind(opts.tta), mode=opts.mode, refs=opts.refs, eval_size=opts.eval_size,
+        ap_mode=opts.ap_mode, limit=opts.limit,
+    )  # fmt: skip
 
 
 def subset(items: list[Item], limit: int | None) -> list[Item]:
@@ -124,14 +106,13 @@ def score_category(
     maps: list[np.ndarray] = [np.empty(0)] * len(items)
     masks: list[np.ndarray] = [np.empty(0)] * len(items)
     paths = [str(i.image) for i in items]
-    stream = detector.iter_raw(
+    stream = detector.iter_scored(
         paths, category, opts.tta, mode=opts.mode, refs=opts.refs, progress=progress
     )
     for out in stream:
         if isinstance(out, Failure):
             raise EvaluationError(f"cannot read test image {out.source}: {out.reason}")
-        sample, score, model_map = out
-        k = sample.index
+        k, score, model_map = out.sample.index, out.score, out.map
         shape = eval_shape(tuple(model_map.shape), opts.eval_size)
         scores[k] = score
         maps[k] = resize_map(model_map, shape).numpy().astype(np.float32)
@@ -280,15 +261,17 @@ def metrics_markdown(
         + (f" (refs {opts.refs})" if opts.refs else "")
         + f", setting class **{setting_class(opts)}**",
         f"- metrics at {size} (image {bb.image_size} px); AP {opts.ap_mode}-wise; AUPRO with "
-        "FPR < 0.3 rescaled to [0, 1] (reference/MuSc convention); values in %",
+        "FPR < 0.3 rescaled to [0, 1] (AnoVL/MuSc convention); values in %",
     ]
     if opts.limit:
         lines.append(f"- **subset**: about {opts.limit} images per category (smoke test only)")
     if bb.random_weights:
         lines += [
             "",
-            "> **Random weights**: these numbers are chance level and say nothing about "
-            "detection quality.",
+            "> **Random weights**: these numbers say nothing about detection quality. They "
+            "are not chance level either: random features still carry shortcuts such as "
+            "image brightness (on the shared screw split brightness alone separates good "
+            "from defective images).",
         ]
     header = "| category | " + " | ".join(METRIC_LABELS) + " | images | seconds |"
     lines += ["", header, "|---" * (len(METRIC_LABELS) + 3) + "|"]
@@ -302,8 +285,8 @@ def metrics_markdown(
         (c, ref) for r in results for c in [r.category] for ref in CATEGORY_ANCHORS.get(c, ())
     ]
     if anchors:
-        lines += ["", "## Per-category reference numbers (METHOD.md §7)", ""]
-        lines += _reference_table([(c, ref) for c, ref in anchors])
+        lines += ["", "## Per-category published numbers (METHOD.md §7)", ""]
+        lines += _published_table([(c, ref) for c, ref in anchors])
     means = means_for(opts.dataset)
     if means:
         full = (
@@ -313,12 +296,12 @@ def metrics_markdown(
             and len(results) == len(VISA_CATEGORIES)
         )
         note = "" if full else " (compare only a full-dataset mean with these; here compare rows)"
-        lines += ["", f"## Dataset means, reference numbers (METHOD.md §7){note}", ""]
-        lines += _reference_table([("mean", ref) for ref in means])
+        lines += ["", f"## Dataset means, published numbers (METHOD.md §7){note}", ""]
+        lines += _published_table([("mean", ref) for ref in means])
     return "\n".join(lines) + "\n"
 
 
-def _reference_table(rows: Sequence[tuple[str, Reference]]) -> list[str]:
+def _published_table(rows: Sequence[tuple[str, Published]]) -> list[str]:
     out = ["| category | method | class | backbone | source | " + " | ".join(METRIC_LABELS) + " |"]
     out.append("|---" * (len(METRIC_LABELS) + 5) + "|")
     for cat, ref in rows:

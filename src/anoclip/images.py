@@ -8,7 +8,6 @@ says why (zero bytes, truncated, not an image...).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageDecodeError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def load_rgb(source: ImageInput) -> Image.Image:
@@ -104,48 +102,3 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
 def source_name(source: ImageInput, index: int) -> str:
     """What a prediction reports as its source: the path as given, else the index."""
     return str(source) if isinstance(source, (str, os.PathLike)) else str(index)
-
-
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
-    """Paths of image files: files as given, folders scanned recursively (sorted).
-
-    Inside folders only files with an image suffix are taken; files named explicitly are
-    always taken (and reported if they cannot be decoded).
-    """
-    out: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            out.extend(found)
-        elif path.exists():
-            out.append(path)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    return out
-
-
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Short, unique, filesystem-safe names for output files (e.g. ``good__000``).
-
-    Uses the file stem, prefixed by as many parent folders as needed to tell apart files
-    that share a stem.
-    """
-    depth = 0
-    parts = [p.with_suffix("").parts for p in paths]
-    longest = max((len(x) for x in parts), default=1)
-    while True:
-        names = ["__".join(x[-(depth + 1) :]) for x in parts]
-        if len(set(names)) == len(names) or depth + 1 >= longest:
-            break
-        depth += 1
-    seen: dict[str, int] = {}
-    result = []
-    for name in names:
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        result.append(name if count == 0 else f"{name}_{count}")
-    return result

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
-RefCount = int | str  # an int k >= 1, or "all"
+from .settings import RefCount
+
 DEFAULT_CHUNK_ELEMS = 2**25  # 32 M floats = 128 MB per similarity block
 DEFAULT_REUSE_BYTES = 2**30  # distances kept for later units when pairs are reused
 

@@ -3,17 +3,21 @@
     p_a(e) = softmax([cos(e, f_n), cos(e, f_a)] / τ)[a]
 
 Map: p_a per patch on the h×w grid, replicate-pad 1, 3×3 average pool (stride 1),
-bilinear upsampling with align_corners=True to the tile size; optional Gaussian blur.
+bilinear upsampling with align_corners=True to the tile size, layer maps averaged;
+optional Gaussian blur. Image score: p_a of the CLS averaged over views, then over the
+image's tiles.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """x / ‖x‖ along `dim`, written as the reference writes it (zero vectors stay zero)."""
+    """x / ‖x‖ along `dim`, written as the official code writes it (zero vectors stay 0)."""
     return x / x.norm(dim=dim, keepdim=True).clamp_min(1e-12)
 
 
@@ -34,13 +38,6 @@ def anomaly_logits(
     return text_cosines(emb, text_features) / temperature
 
 
-def anomaly_prob(
-    emb: torch.Tensor, text_features: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """`[..., C]` -> `[...]` probability of the abnormal state."""
-    return anomaly_logits(emb, text_features, temperature).softmax(dim=-1)[..., 1]
-
-
 def patch_map(probs: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """Patch probabilities `[N, L]` (L = h·w) -> pooled, upsampled maps `[N, *size]`."""
     n = probs.shape[0]
@@ -51,11 +48,27 @@ def patch_map(probs: torch.Tensor, grid: tuple[int, int], size: tuple[int, int])
     return m[:, 0]
 
 
-def image_score(
-    cls_views: torch.Tensor, text_features: torch.Tensor, temperature: float
+def tile_maps(
+    text_cos: torch.Tensor,
+    grid: tuple[int, int],
+    tile: int,
+    temperature: float,
+    sigma: float = 0.0,
 ) -> torch.Tensor:
-    """CLS embeddings of V views `[N, V, C]` -> `[N]` mean abnormal probability."""
-    return anomaly_prob(cls_views.float(), text_features, temperature).mean(dim=1)
+    """Text-branch maps per tile `[T, S, S]` (S = `tile`) from cosines `[T, nL, L, 2]`:
+    p_a at `temperature` per patch and layer -> :func:`patch_map` -> mean over layers ->
+    Gaussian blur of `sigma` pixels (0: none)."""
+    n_tiles, n_layers, length, _ = text_cos.shape
+    probs = probs_from_cosines(text_cos, temperature).reshape(n_tiles * n_layers, length)
+    maps = patch_map(probs, grid, (tile, tile)).view(n_tiles, n_layers, tile, tile)
+    return gaussian_blur(maps.mean(dim=1), sigma)
+
+
+def image_scores(cls_cos: torch.Tensor, temperature: float, counts: Sequence[int]) -> torch.Tensor:
+    """Image scores `[N]` from CLS cosines `[T, V, 2]`: p_a averaged over the V views of
+    each tile, then over the tiles of each image (`counts[i]` tiles for image i)."""
+    per_tile = probs_from_cosines(cls_cos, temperature).mean(dim=1)
+    return torch.stack([t.mean() for t in per_tile.split(list(counts))])
 
 
 def gaussian_blur(m: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:

@@ -1,16 +1,34 @@
-"""Settings of the AnoCLIP pipeline (METHOD.md §4), with reference defaults.
+"""Settings of the AnoCLIP pipeline (METHOD.md §4), with the official code's defaults.
 
-Every field has the value the official AnoVL code uses on MVTec AD unless the
-comment says otherwise. Settings are immutable; use :func:`dataclasses.replace`
-(or keyword overrides on :class:`anoclip.Detector`) to change them.
+Two records, kept apart on purpose:
+
+* :class:`Settings` — what is computed (numerics). Every field has the value the official
+  AnoVL code uses on MVTec AD unless its comment says otherwise. It enters the result
+  fingerprint (:func:`fingerprint`): a resumed run must have the same one.
+* :class:`Runtime` — how it is computed (batch size, workers, device, precision). Changing
+  it does not change the fingerprint, so a rerun with another batch size resumes.
+
+Allowed values of each choice are spelled once, as the ``Literal`` types below; validation,
+the command line's choices and the tables read them from there. This module imports no
+torch, so the command line can validate arguments before the model stack loads.
+
+Vocabulary: ``anovl`` names the official AnoVL code's behaviour; ``ref`` names visual
+reference images (modes ``dual`` / ``mutual``); ``published`` names numbers from papers;
+a *tile* is one square model input cut from an image (an image has one or more).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Literal
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal, get_args
 
-TokenMode = Literal["reference", "multilayer"]
+from .errors import UnknownSettingError, UsageError
+
+DEFAULT_MODEL = "ViT-B-16-plus-240"
+DEFAULT_PRETRAINED = "laion400m_e32"
+
+TokenMode = Literal["anovl", "multilayer"]
 ImageScore = Literal["cls_aug22", "cls"]
 AdapterKind = Literal["text", "linear"]
 NoiseMode = Literal["gaussian", "masked"]
@@ -18,42 +36,56 @@ ClassNames = Literal["clean", "verbatim"]
 Domain = Literal["auto", "object", "texture"]
 Precision = Literal["fp32", "fp16", "bf16"]
 Tiling = Literal["none", "auto", "two_tile"]
-TextEnsemble = Literal["reference", "normalized"]
+TextEnsemble = Literal["anovl", "normalized"]
 Pairing = Literal["cls_nn", "matching", "random"]
 RefAgg = Literal["interval_mean", "min", "mean"]
 RefFilter = Literal["none", "text"]
 RefFeatures = Literal["vv", "ori"]
 Fusion = Literal["linear", "harmonic", "batch_z"]
 TextTokens = Literal["full", "trimmed"]
+Mode = Literal["anoclip", "dual", "mutual"]
+TTAKind = Literal["none", "noise", "synth", "both"]
+RefCount = int | str  # references per image: 0 (alone), 1 (dual), k >= 1, or "all"
+
+# Old setting values that keep working for one release, with a DeprecationWarning.
+DEPRECATED_VALUES = {
+    ("token_mode", "reference"): "anovl",
+    ("text_ensemble", "reference"): "anovl",
+}
+
+
+def choices(kind: Any) -> tuple[str, ...]:
+    """The allowed values of a ``Literal`` choice, e.g. ``choices(Mode)``."""
+    return tuple(get_args(kind))
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What the AnoCLIP pipeline computes. Defaults reproduce the reference (MVTec)."""
+    """What the AnoCLIP pipeline computes. Defaults reproduce the official code (MVTec)."""
 
     # --- encoder (§2.1, §2.2)
     vv_start_layer: int = 1
     """First block (1-based) whose V-V attention feeds the V-V path."""
-    token_mode: TokenMode = "reference"
-    """"reference": final-layer V-V tokens only; "multilayer": one map per layer in `layers`."""
+    token_mode: TokenMode = "anovl"
+    """"anovl": final-layer V-V tokens only; "multilayer": one map per layer in `layers`."""
     layers: tuple[int, ...] = (3, 6, 9, 12)
-    """Layers (1-based) used in multilayer mode; ignored in reference mode."""
+    """Layers (1-based) used in multilayer mode; ignored in "anovl" mode."""
 
     # --- prompts (§2.3)
     class_names: ClassNames = "clean"
-    """"clean": `metal_nut` -> `metal nut`; "verbatim": folder names as the reference."""
+    """"clean": `metal_nut` -> `metal nut`; "verbatim": folder names as the official code."""
     domain: Domain = "auto"
     """Template family: "auto" routes the 5 MVTec textures to the texture family."""
-    text_ensemble: TextEnsemble = "reference"
-    """"reference": mean of unnormalised sentence embeddings, then normalised (AnoVL);
+    text_ensemble: TextEnsemble = "anovl"
+    """"anovl": mean of unnormalised sentence embeddings, then normalised (AnoVL);
     "normalized": normalise, average, normalise again (APRIL-GAN)."""
     text_tokens: TextTokens = "full"
-    """"full": 77-token context, bit-identical to the reference; "trimmed": only the used
+    """"full": 77-token context, bit-identical to the official code; "trimmed": only the used
     token positions (exact up to rounding, ~4x faster text encoding for a new object)."""
 
     # --- scoring (§2.4)
     temperature: float = 1.0
-    """τ in p_a = σ(Δcos/τ). Reference 1.0; WinCLIP/anomalib use 0.07."""
+    """τ in p_a = σ(Δcos/τ). AnoVL 1.0; WinCLIP/anomalib use 0.07."""
     image_score: ImageScore = "cls_aug22"
     """"cls_aug22": mean over the 22 augmented views; "cls": the single view."""
     gaussian_sigma: float = 0.0
@@ -67,7 +99,7 @@ class Settings:
     tta_noise_sigma: float = 0.055
     noise_mode: NoiseMode = "gaussian"
     reset_optimizer_state: bool = True
-    """True: fresh AdamW per image (ours, golden). False: the reference quirk of one
+    """True: fresh AdamW per image (ours, golden). False: the AnoVL quirk of one
     optimizer per object whose moments leak from one image to the next (sequential)."""
 
     # --- visual references: modes "dual" and "mutual" (§3, [DESIGN])
@@ -100,65 +132,54 @@ class Settings:
     """"none": square resize (MVTec). "two_tile"/"auto" (auto: only non-square inputs):
     VisA tiles along the longer side, stitched back to the original aspect."""
 
-    # --- runtime
-    batch_size: int = 8
-    precision: Precision = "fp32"
-    """Half precision applies on CUDA only; CPU always computes in fp32."""
-
     def __post_init__(self) -> None:
+        for f in fields(self):
+            old = (f.name, getattr(self, f.name))
+            if isinstance(old[1], str) and old in DEPRECATED_VALUES:
+                new = DEPRECATED_VALUES[old]
+                warnings.warn(
+                    f"setting {f.name}={old[1]!r} is deprecated; use {f.name}={new!r}",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+                object.__setattr__(self, f.name, new)
+            allowed = _CHOICES.get(f.name)
+            if allowed is not None and getattr(self, f.name) not in allowed:
+                _fail(f"{f.name}={getattr(self, f.name)!r}; choose one of {', '.join(allowed)}")
         _check(self.vv_start_layer >= 1, "vv_start_layer must be >= 1")
-        _check(self.token_mode in ("reference", "multilayer"), f"token_mode {self.token_mode!r}")
         _check(len(self.layers) > 0 and all(x >= 1 for x in self.layers), "layers must be >= 1")
-        _check(self.class_names in ("clean", "verbatim"), f"class_names {self.class_names!r}")
-        _check(self.domain in ("auto", "object", "texture"), f"domain {self.domain!r}")
-        _check(
-            self.text_ensemble in ("reference", "normalized"),
-            f"text_ensemble {self.text_ensemble!r}",
-        )
-        _check(self.text_tokens in ("full", "trimmed"), f"text_tokens {self.text_tokens!r}")
         _check(self.temperature > 0, "temperature must be > 0")
-        _check(self.image_score in ("cls_aug22", "cls"), f"image_score {self.image_score!r}")
         _check(self.gaussian_sigma >= 0, "gaussian_sigma must be >= 0")
-        _check(self.adapter in ("text", "linear"), f"adapter {self.adapter!r}")
         _check(self.tta_steps >= 0, "tta_steps must be >= 0")
         _check(self.tta_lr > 0, "tta_lr must be > 0")
         _check(self.tta_noise_sigma >= 0, "tta_noise_sigma must be >= 0")
-        _check(self.noise_mode in ("gaussian", "masked"), f"noise_mode {self.noise_mode!r}")
-        _check(self.tiling in ("none", "auto", "two_tile"), f"tiling {self.tiling!r}")
-        _check(self.batch_size >= 1, "batch_size must be >= 1")
-        _check(self.pairing in ("cls_nn", "matching", "random"), f"pairing {self.pairing!r}")
-        _check(self.ref_agg in ("interval_mean", "min", "mean"), f"ref_agg {self.ref_agg!r}")
-        _check(self.ref_filter in ("none", "text"), f"ref_filter {self.ref_filter!r}")
         _check(0 < self.ref_filter_quantile <= 1, "ref_filter_quantile must be in (0, 1]")
-        _check(self.ref_features in ("vv", "ori"), f"ref_features {self.ref_features!r}")
         _check(all(x >= 1 for x in self.ref_layers), "ref_layers must be >= 1")
-        _check(self.fusion in ("linear", "harmonic", "batch_z"), f"fusion {self.fusion!r}")
         _check(
             0 <= self.fusion_alpha <= 1 and 0 <= self.fusion_beta <= 1, "fusion weights in [0, 1]"
         )
         _check(self.fusion_temperature > 0, "fusion_temperature must be > 0")
-        _check(self.precision in ("fp32", "fp16", "bf16"), f"precision {self.precision!r}")
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         object.__setattr__(self, "ref_layers", tuple(int(x) for x in self.ref_layers))
 
     def token_layers(self, depth: int) -> tuple[int, ...]:
         """The 1-based layers whose V-V tokens are scored, for a tower of `depth` blocks."""
-        layers = (depth,) if self.token_mode == "reference" else self.layers
+        layers = (depth,) if self.token_mode == "anovl" else self.layers
         bad = [x for x in layers if not self.vv_start_layer <= x <= depth]
         if bad:
-            raise ValueError(
+            _fail(
                 f"layers {bad} are outside [{self.vv_start_layer}, {depth}] "
                 f"(vv_start_layer={self.vv_start_layer}, tower depth {depth})"
             )
         return tuple(layers)
 
-    def reference_layers(self, depth: int) -> tuple[int, ...]:
+    def ref_token_layers(self, depth: int) -> tuple[int, ...]:
         """The 1-based layers of the visual-branch tokens."""
         layers = self.ref_layers or (depth,)
         low = self.vv_start_layer if self.ref_features == "vv" else 1
         bad = [x for x in layers if not low <= x <= depth]
         if bad:
-            raise ValueError(f"ref_layers {bad} are outside [{low}, {depth}]")
+            _fail(f"ref_layers {bad} are outside [{low}, {depth}]")
         return tuple(layers)
 
     @classmethod
@@ -166,6 +187,151 @@ class Settings:
         return [f.name for f in fields(cls)]
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How the pipeline runs; never changes a result beyond float rounding.
+
+    batch_size: images encoded together. workers: DataLoader processes decoding image files
+    (None: 1 when there is more than one batch of files, else 0). device: None picks CUDA
+    when present. precision: autocast dtype on CUDA ("fp32" everywhere else).
+    """
+
+    batch_size: int = 8
+    workers: int | None = None
+    device: str | None = None
+    precision: Precision = "fp32"
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(self.workers is None or self.workers >= 0, "workers must be >= 0")
+        _check(self.precision in choices(Precision), f"precision={self.precision!r}")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword overrides -> (Settings fields, Runtime fields); unknown names are an error."""
+    unknown = sorted(set(overrides) - set(Settings.names()) - set(Runtime.names()))
+    if unknown:
+        raise UnknownSettingError(f"unknown setting(s): {', '.join(unknown)}")
+    numeric = {k: v for k, v in overrides.items() if k in Settings.names()}
+    runtime = {k: v for k, v in overrides.items() if k in Runtime.names()}
+    return numeric, runtime
+
+
+def apply(settings: Settings, runtime: Runtime, **overrides: Any) -> tuple[Settings, Runtime]:
+    """Both records with keyword overrides applied (each name goes where it belongs)."""
+    numeric, run = split_overrides(overrides)
+    return replace(settings, **numeric), replace(runtime, **run)
+
+
+def fingerprint(settings: Settings, **identity: Any) -> dict[str, Any]:
+    """What determines a result: the numeric settings plus `identity` (model, weights,
+    seed, object, mode, refs, tta...). Runtime choices are deliberately absent."""
+    return {**{k: _plain(v) for k, v in identity.items()}, "settings": _plain(asdict(settings))}
+
+
+def differing_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names of the fields whose values differ between two fingerprints (nested)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differing_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like form (tuples as lists), so fingerprints compare equal after a round trip."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# Protocol presets (METHOD.md §1, §2.4, §2.5, §4): seed and settings per dataset.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "mvtec": {
+            "seed": 111,
+            "settings": {"tiling": "none", "image_score": "cls_aug22", "adapter": "text"},
+        },
+        "visa": {
+            "seed": 42,
+            "settings": {"tiling": "two_tile", "image_score": "cls", "adapter": "linear"},
+        },
+    },
+}
+
+
+def preset(name: str, dataset: str) -> dict[str, Any]:
+    """A protocol preset for a dataset (datasets without an entry use MVTec's)."""
+    table = PRESETS[name]
+    return table.get(dataset, table["mvtec"])
+
+
+def tta_kind(tta: bool | str | None) -> TTAKind:
+    """True -> "noise" (AnoCLIP), False/None -> "none", or one of the TTA kinds."""
+    if tta is True:
+        return "noise"
+    if tta is False or tta is None:
+        return "none"
+    if tta not in choices(TTAKind):
+        raise UsageError(f"tta must be a bool or one of {', '.join(choices(TTAKind))}, got {tta!r}")
+    return tta
+
+
+def ref_count(mode: Mode, refs: int | str | None) -> RefCount:
+    """References per image: 0 (anoclip), 1 (dual), k or "all" (mutual)."""
+    if mode not in choices(Mode):
+        raise UsageError(f"mode must be one of {', '.join(choices(Mode))}, got {mode!r}")
+    if mode == "anoclip":
+        if refs not in (None, 0):
+            raise UsageError("refs needs mode='dual' or 'mutual'")
+        return 0
+    if mode == "dual":
+        if refs not in (None, 1):
+            raise UsageError("mode='dual' uses exactly one reference; use mode='mutual' for more")
+        return 1
+    if refs is None or refs == "all":
+        return "all"
+    if isinstance(refs, str) and refs.isdigit():
+        refs = int(refs)
+    if isinstance(refs, bool) or not isinstance(refs, int) or refs < 1:
+        raise UsageError(f"refs must be a positive integer or 'all', got {refs!r}")
+    return refs
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    name: choices(kind)
+    for name, kind in {
+        "token_mode": TokenMode,
+        "class_names": ClassNames,
+        "domain": Domain,
+        "text_ensemble": TextEnsemble,
+        "text_tokens": TextTokens,
+        "image_score": ImageScore,
+        "adapter": AdapterKind,
+        "noise_mode": NoiseMode,
+        "tiling": Tiling,
+        "pairing": Pairing,
+        "ref_agg": RefAgg,
+        "ref_filter": RefFilter,
+        "ref_features": RefFeatures,
+        "fusion": Fusion,
+    }.items()
+}
+
+
+def _fail(message: str) -> None:
+    raise UsageError(f"invalid setting: {message}")
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(f"invalid setting: {message}")
+        _fail(message)

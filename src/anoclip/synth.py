@@ -6,16 +6,24 @@
 3. x_syn = (1 − M)⊙x + M⊙((1 − b)·A + b·x), b ~ U(0, 0.8).
 4. Token labels: y_i = 1 where M covers more than half of patch i's cell.
 
-Everything is drawn from the given generator, so results are reproducible by seed.
+Everything is drawn from the given generator, so results are reproducible by seed. A
+texture folder (`synth_textures`) is listed once and one texture decoded per batch
+(:class:`Textures`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .errors import UsageError
+from .images import load_rgb
+from .listing import expand_inputs
 
 MIN_AREA, MAX_AREA = 0.01, 0.20
 
@@ -126,3 +134,28 @@ def synthesize(
     m = mask[None]
     image = (1 - m) * x + m * ((1 - beta) * source + beta * x)
     return Synthetic(image=image, mask=mask, labels=token_labels(mask.cpu(), grid).to(x.device))
+
+
+class Textures:
+    """Texture images of a folder as synthesized-anomaly sources: listed on first use, one
+    drawn (uniformly, from the generator) and decoded per call."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder = folder
+        self._files: list[Path] | None = None
+
+    def draw(
+        self, g: torch.Generator, size: tuple[int, int], device: torch.device
+    ) -> torch.Tensor | None:
+        """A texture `[3, H, W]` in [0, 1] resized to `size` (H, W), or None without a
+        folder (then nothing is drawn from `g`)."""
+        if not self.folder:
+            return None
+        if self._files is None:
+            self._files = expand_inputs([self.folder])
+        if not self._files:
+            raise UsageError(f"synth_textures: no images in {self.folder}")
+        img = load_rgb(self._files[int(torch.randint(len(self._files), (), generator=g))])
+        img = img.resize((size[1], size[0]))
+        pixels = np.asarray(img, dtype=np.float32) / 255.0
+        return torch.from_numpy(pixels).permute(2, 0, 1).to(device)

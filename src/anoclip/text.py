@@ -5,8 +5,8 @@ cores for ViT-B-16-plus-240), so :class:`TextCache` keeps results per (backbone,
 prompt settings).
 
 `text_tokens="full"` (default) encodes each state's 462 sentences as one batch over the
-full 77-token context, as the reference does, which reproduces its float32 values bit for
-bit. `"trimmed"` encodes only the used token positions: with CLIP's causal mask the
+full 77-token context, as the official code does, which reproduces its float32 values bit
+for bit. `"trimmed"` encodes only the used token positions: with CLIP's causal mask the
 end-of-text embedding does not depend on the padding, so this is exact up to float
 rounding and about 4x faster.
 """
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import open_clip
 import torch
-from open_clip.transformer import text_global_pool
 
+from . import towers
 from .backbone import Backbone
 from .prompts import sentences
 from .settings import TextEnsemble as Ensemble
@@ -57,44 +56,29 @@ def encode_text(backbone: Backbone, texts: list[str], trimmed: bool = False) -> 
 
 def _encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's `encode_text`, run only over the used token positions when that is exact."""
-    exact_cut = (
-        isinstance(model, open_clip.CLIP)
-        and getattr(model, "attn_mask", None) is not None
-        and model.text_pool_type in ("argmax", "eos")
-    )
-    if not exact_cut:
-        return model.encode_text(tokens)
-    used = int((tokens != 0).nonzero()[:, 1].max().item()) + 1 if tokens.any() else 1
-    tokens = tokens[:, :used]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:used].to(cast)
-    x = model.transformer(x, attn_mask=model.attn_mask[:used, :used])
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type, getattr(model, "text_eos_id", None))
-    proj = model.text_projection
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    if towers.can_trim_text(model):
+        return towers.encode_text_trimmed(model, tokens)
+    return model.encode_text(tokens)
 
 
 def build_text_bank(
     backbone: Backbone,
     name: str,
     texture: bool,
-    ensemble: Ensemble = "reference",
+    ensemble: Ensemble = "anovl",
     text_tokens: TextTokens = "full",
 ) -> TextBank:
     """Encode the 2 × 462 sentences for `name` and ensemble them per state.
 
-    "reference": mean of the unnormalised embeddings, then L2-normalised (AnoVL).
+    "anovl": mean of the unnormalised embeddings, then L2-normalised (AnoVL).
     "normalized": normalise each, average, normalise again (APRIL-GAN).
     """
     trimmed = text_tokens == "trimmed"
     means, banks = [], []
-    for state in sentences(name, texture):  # one batch per state, as the reference
+    for state in sentences(name, texture):  # one batch per state, as the official code
         emb = encode_text(backbone, state, trimmed)
         normed = emb / emb.norm(dim=-1, keepdim=True)
-        source = emb if ensemble == "reference" else normed
+        source = emb if ensemble == "anovl" else normed
         mean = source.mean(0)
         means.append(mean / mean.norm())
         banks.append(normed)
@@ -117,7 +101,7 @@ class TextCache:
         backbone: Backbone,
         name: str,
         texture: bool,
-        ensemble: Ensemble = "reference",
+        ensemble: Ensemble = "anovl",
         text_tokens: TextTokens = "full",
     ) -> TextBank:
         key = (backbone.key, name, texture, ensemble, text_tokens)

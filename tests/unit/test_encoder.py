@@ -138,11 +138,11 @@ def test_real_size_config_vv_path(quiet):
     assert rel(out.vv[12][0], vv64[12]) < 1e-4
 
 
-def test_reference_softmax_is_stable_for_large_logits():
-    from anoclip.encoder import _reference_softmax
+def test_anovl_softmax_is_stable_for_large_logits():
+    from anoclip.encoder import anovl_softmax
 
     x = torch.tensor([[1000.0, 999.0, -5.0], [1.0, 2.0, 3.0]])
-    got = _reference_softmax(x)
+    got = anovl_softmax(x)
     want = torch.softmax(x.double(), dim=-1)
     assert torch.isfinite(got).all()
     assert torch.allclose(got.double(), want, atol=1e-6)

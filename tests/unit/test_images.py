@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anoclip.images import ImageDecodeError, expand_inputs, load_rgb, unique_stems
+from anoclip.images import ImageDecodeError, load_rgb
 
 
 def save(tmp_path, name, img, **kw):
@@ -84,18 +84,3 @@ def test_exif_orientation_applied(tmp_path):
     path = tmp_path / "rot.jpg"
     img.save(path, exif=exif)
     assert load_rgb(path).size == (10, 20)
-
-
-def test_expand_inputs_and_names(tmp_path):
-    for sub in ("good", "crack"):
-        (tmp_path / sub).mkdir()
-        for i in range(2):
-            save(tmp_path / sub, f"00{i}.png", Image.new("RGB", (4, 4)))
-    (tmp_path / "good" / "notes.txt").write_text("x")
-    paths = expand_inputs([tmp_path])
-    assert len(paths) == 4 and all(p.suffix == ".png" for p in paths)
-    names = unique_stems(paths)
-    assert names == ["crack__000", "crack__001", "good__000", "good__001"]
-    assert unique_stems(paths[:2]) == ["000", "001"]
-    with pytest.raises(FileNotFoundError):
-        expand_inputs([tmp_path / "missing"])

@@ -10,7 +10,14 @@ import torch
 from scipy import ndimage
 
 from anoclip.preprocess import plan_layout, resize_map, stitch
-from anoclip.scoring import anomaly_prob, gaussian_blur, image_score, patch_map
+from anoclip.scoring import (
+    gaussian_blur,
+    image_scores,
+    patch_map,
+    probs_from_cosines,
+    text_cosines,
+    tile_maps,
+)
 from anoclip.views import NUM_VIEWS, augmented_views
 
 
@@ -22,7 +29,8 @@ def test_anomaly_prob_is_sigmoid_of_cosine_gap():
         e = emb.double() / emb.double().norm(dim=-1, keepdim=True)
         gap = e @ feats[:, 1].double() - e @ feats[:, 0].double()
         want = 1 / (1 + torch.exp(-gap / tau))
-        assert torch.allclose(anomaly_prob(emb, feats, tau).double(), want, atol=1e-6)
+        ours = probs_from_cosines(text_cosines(emb, feats), tau)
+        assert torch.allclose(ours.double(), want, atol=1e-6)
 
 
 def test_patch_map_small_case_by_hand():
@@ -38,11 +46,29 @@ def test_patch_map_small_case_by_hand():
     assert np.isclose(big[4, 4], want[1, 1])
 
 
-def test_image_score_is_view_mean():
+def test_image_score_is_view_mean_then_tile_mean():
     feats = torch.nn.functional.normalize(torch.randn(8, 2), dim=0)
-    cls = torch.randn(2, 5, 8)
-    want = torch.stack([anomaly_prob(cls[i], feats, 1.0).mean() for i in range(2)])
-    assert torch.allclose(image_score(cls, feats, 1.0), want)
+    cls = torch.randn(3, 5, 8)  # 3 tiles: image 0 has one, image 1 has two
+    e = cls.double() / cls.double().norm(dim=-1, keepdim=True)
+    p = 1 / (1 + torch.exp(-(e @ feats[:, 1].double() - e @ feats[:, 0].double())))  # [3, 5]
+    want = torch.stack([p[0].mean(), (p[1].mean() + p[2].mean()) / 2])
+    ours = image_scores(text_cosines(cls, feats), 1.0, [1, 2])
+    assert torch.allclose(ours.double(), want, atol=1e-6)
+
+
+def test_tile_maps_average_layer_maps():
+    g = torch.Generator().manual_seed(0)
+    cos = torch.rand(2, 3, 9, 2, generator=g) * 2 - 1  # 2 tiles, 3 layers, 3×3 grid
+    want = torch.stack(
+        [
+            torch.stack(
+                [patch_map(probs_from_cosines(cos[t, k], 0.5)[None], (3, 3), (6, 6))[0]
+                 for k in range(3)]
+            ).mean(0)
+            for t in range(2)
+        ]
+    )  # fmt: skip
+    assert torch.allclose(tile_maps(cos, (3, 3), 6, 0.5), want, atol=1e-7)
 
 
 @pytest.mark.parametrize("sigma", [1.0, 4.0])

@@ -1,0 +1,107 @@
+"""Data loading: user inputs -> preprocessed :class:`~anoclip.records.Sample` batches.
+
+    ImageInput (path | PIL | array | tensor) -> load_rgb -> plan_layout -> to_tensor
+        -> Sample(tiles `[T, 3, S, S]`, layout, original size)
+
+Files are decoded lazily, by a DataLoader worker when there is more than one batch of them
+(the model runs meanwhile); an undecodable input becomes a :class:`Failure` in its place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import ImageDecodeError
+from .images import ImageInput, load_rgb, source_name
+from .preprocess import plan_layout, to_tensor
+from .records import Failure, Sample
+from .settings import Tiling
+
+
+class Preparer:
+    """Decoding + preprocessing of inputs; small and picklable (DataLoader workers)."""
+
+    def __init__(
+        self, size: int, mean: Sequence[float], std: Sequence[float], tiling: Tiling = "none"
+    ) -> None:
+        self.size, self.mean, self.std, self.tiling = size, tuple(mean), tuple(std), tiling
+
+    def prepare(self, item: ImageInput, index: int = 0) -> Sample:
+        """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
+        img = load_rgb(item)
+        width, height = img.size
+        layout = plan_layout(height, width, self.size, self.tiling)
+        tiles = to_tensor(img, layout, self.mean, self.std)
+        return Sample(index, source_name(item, index), tiles, layout, (height, width))
+
+
+class LazyInputs(Dataset):
+    """Decodes and preprocesses inputs on access; a decode error becomes a Failure."""
+
+    def __init__(self, preparer: Preparer, items: Sequence[ImageInput], todo: Sequence[int]):
+        self.preparer, self.items, self.todo = preparer, items, list(todo)
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, k: int) -> Sample | Failure:
+        index = self.todo[k]
+        item = self.items[index]
+        try:
+            return self.preparer.prepare(item, index)
+        except ImageDecodeError as exc:
+            return Failure(source_name(item, index), str(exc))
+
+
+def batches(
+    preparer: Preparer,
+    items: Sequence[ImageInput],
+    todo: Sequence[int],
+    batch_size: int,
+    workers: int | None = None,
+    pin_memory: bool = False,
+) -> Iterator[list[Sample | Failure]]:
+    """Batches of prepared inputs `items[i]` for i in `todo`, in order.
+
+    workers: DataLoader processes; None picks 1 when there is more than one batch of
+    files and more than one CPU, else 0 (decode in this process).
+    """
+    dataset = LazyInputs(preparer, items, todo)
+    if workers is None:
+        all_files = all(isinstance(items[i], (str, os.PathLike)) for i in todo)
+        many = len(todo) > batch_size and (os.cpu_count() or 1) > 1
+        workers = 1 if all_files and many else 0
+    if workers == 0:
+        for start in range(0, len(dataset), batch_size):
+            yield [dataset[k] for k in range(start, min(start + batch_size, len(dataset)))]
+        return
+    yield from DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        worker_init_fn=_single_thread,
+        persistent_workers=False,
+        pin_memory=pin_memory,
+    )
+
+
+def as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """One input or a sequence of inputs -> a list of inputs."""
+    if isinstance(images, (str, os.PathLike, Path)):
+        return [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim in (2, 3):
+        return [images]
+    if hasattr(images, "mode") and hasattr(images, "size"):  # a PIL image
+        return [images]
+    return list(images)
+
+
+def _single_thread(_: int) -> None:
+    torch.set_num_threads(1)

@@ -1,0 +1,99 @@
+"""The records that flow along the data path, and out of it.
+
+    inputs -> Sample (tiles `[T, 3, S, S]`) -> Features (per tile) -> Scored (per image,
+    model resolution) -> Prediction (per image, the image's own size) | Failure
+
+Writing outputs and evaluating import these records only, never the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .preprocess import Layout
+
+
+@dataclass
+class Prediction:
+    """The result for one image.
+
+    score: image-level anomaly score (probability of "abnormal", in [0, 1]).
+    anomaly_map: `[H, W]` float32 per-pixel anomaly probability at the image's own size.
+    source: the path as given, or the index of an in-memory image.
+    mode: the mode that scored it ("anoclip" when a set mode fell back to single images).
+    image_size: (H, W) of the image; the map is smaller when its size was capped.
+    """
+
+    source: str
+    score: float
+    anomaly_map: np.ndarray
+    mode: str = "anoclip"
+    image_size: tuple[int, int] | None = None
+
+
+@dataclass
+class Failure:
+    """An input that could not be scored (e.g. undecodable file) and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class Sample:
+    """A preprocessed image: tiles `[T, 3, S, S]`, their layout and the original size."""
+
+    index: int
+    source: str
+    tiles: torch.Tensor
+    layout: Layout
+    size: tuple[int, int]
+
+    def pin_memory(self) -> Sample:
+        """Called by the DataLoader (pin_memory=True on CUDA) for faster transfers."""
+        self.tiles = self.tiles.pin_memory()
+        return self
+
+
+@dataclass
+class Features:
+    """Encoder and text-branch outputs for T tiles with an h×w patch grid (L = h·w).
+
+    text_cos: `[T, nL, L, 2]` cosines of the (adapted) patch tokens with F, per layer.
+    cls_cos: `[T, V, 2]` cosines of the CLS of each view (V = 22 or 1).
+    cls: `[T, C]` identity-view CLS embeddings (for choosing references).
+    ref_tokens: `[T, nR, L, C]` L2-normalised frozen tokens of the visual branch, or None.
+    """
+
+    text_cos: torch.Tensor
+    cls_cos: torch.Tensor
+    cls: torch.Tensor
+    grid: tuple[int, int]
+    ref_tokens: torch.Tensor | None = None
+
+    @staticmethod
+    def cat(parts: Sequence[Features]) -> Features:
+        """The features of several batches as one record (tiles concatenated in order)."""
+        tokens = [p.ref_tokens for p in parts]
+        return Features(
+            text_cos=torch.cat([p.text_cos for p in parts]),
+            cls_cos=torch.cat([p.cls_cos for p in parts]),
+            cls=torch.cat([p.cls for p in parts]),
+            grid=parts[0].grid,
+            ref_tokens=None if any(t is None for t in tokens) else torch.cat(tokens),
+        )
+
+
+@dataclass
+class Scored:
+    """One image scored by a mode: its sample, image score, map `[H', W']` at model
+    resolution (stitched from its tiles), and the mode that scored it."""
+
+    sample: Sample
+    score: float
+    map: torch.Tensor
+    mode: str = "anoclip"
