@@ -313,9 +313,7 @@ def check_output_folder(out: Path, resume: bool, overwrite: bool, finger: dict) 
     resume whose settings fingerprint differs from the earlier run's."""
     if out.exists() and not out.is_dir():
         raise ResultFolderError(f"--out {out}: is an existing file, not a folder")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ResultFolderError(f"--out {out}: {probe} is not writable")
+    _check_writable(out)
     scores = out / "scores.csv"
     has_results = scores.is_file() and scores.stat().st_size > 0
     if has_results and not (resume or overwrite):
@@ -331,6 +329,18 @@ def check_output_folder(out: Path, resume: bool, overwrite: bool, finger: dict) 
                 f"--resume: {out} was made with different settings ({', '.join(changed)}); "
                 "use the same settings, another --out, or --overwrite"
             )
+
+
+def _check_writable(out: Path) -> None:
+    """Create the folder if needed and write (then remove) a probe file in it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".anoclip-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ResultFolderError(f"--out {out}: cannot write there ({reason})") from None
 
 
 def _earlier_fingerprint(path: Path) -> dict:

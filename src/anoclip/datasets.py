@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import AnoclipError, AnoclipWarning
 from .listing import IMAGE_SUFFIXES
 
 # official test split (Bergmann et al., CVPR 2019): good, defective
@@ -36,7 +37,7 @@ VISA_CATEGORIES = (
 GOOD = "good"
 
 
-class DatasetError(ValueError):
+class DatasetError(AnoclipError, ValueError):
     """A dataset that does not match its layout (one-line message)."""
 
 
@@ -168,10 +169,13 @@ class MaskLoader:
 
     Binarise (> 0) at full resolution, resize bilinearly to the evaluation size, threshold
     at 0.5. A mask whose size differs from its image is first resized to the image with
-    nearest-neighbour sampling (reported once per loader).
+    nearest-neighbour sampling (reported once per loader) when both have the same aspect
+    ratio (within 1%); a different aspect ratio is an error in strict mode (a stretch
+    would misplace the defect) and a warned stretch otherwise.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = True) -> None:
+        self.strict = strict
         self._warned = False
 
     def load(self, item: Item, size: tuple[int, int]) -> np.ndarray:
@@ -187,12 +191,17 @@ class MaskLoader:
             raise DatasetError(f"cannot read mask {item.mask}: {exc}") from None
         img = Image.fromarray(mask.astype(np.uint8) * 255)
         if img.size != image_size:
-            if not self._warned:
-                message = (
-                    f"mask {item.mask} is {img.size[0]}x{img.size[1]} but its image is "
-                    f"{image_size[0]}x{image_size[1]}: resizing masks to their images (nearest)"
+            (mw, mh), (iw, ih) = img.size, image_size
+            stretched = abs((mw / mh) / (iw / ih) - 1) > 0.01
+            described = f"mask {item.mask} is {mw}x{mh} but its image is {iw}x{ih}"
+            if stretched and self.strict:
+                raise DatasetError(
+                    f"{described}: other aspect ratio, so the mask cannot be placed "
+                    "(use --no-strict to stretch it)"
                 )
-                warnings.warn(message, UserWarning, stacklevel=2)
+            if not self._warned or stretched:
+                how = "stretching it" if stretched else "resizing masks to their images"
+                warnings.warn(f"{described}: {how} (nearest)", AnoclipWarning, stacklevel=2)
                 self._warned = True
             img = img.resize(image_size, Image.NEAREST)
         h, w = size

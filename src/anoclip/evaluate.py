@@ -101,7 +101,7 @@ def score_category(
     progress: bool = True,
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Scores `[N]`, maps and masks (lists of `[h, w]` at evaluation size) of a category."""
-    masks_at = MaskLoader()
+    masks_at = MaskLoader(strict=opts.strict)
     scores = np.zeros(len(items), dtype=np.float64)
     maps: list[np.ndarray] = [np.empty(0)] * len(items)
     masks: list[np.ndarray] = [np.empty(0)] * len(items)

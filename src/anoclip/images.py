@@ -8,21 +8,27 @@ says why (zero bytes, truncated, not an image...).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageDecodeError
+from .errors import AnoclipWarning, ImageDecodeError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
-def load_rgb(source: ImageInput) -> Image.Image:
-    """Decode `source` into an 8-bit RGB PIL image (EXIF orientation applied for files)."""
+def load_rgb(source: ImageInput, max_pixels: int | None = None) -> Image.Image:
+    """Decode `source` into an 8-bit RGB PIL image (EXIF orientation applied for files).
+
+    max_pixels: JPEG files larger than this are decoded at a reduced scale (draft mode:
+    the smallest power-of-two reduction that keeps at least `max_pixels`), which bounds
+    memory for huge photos; other formats are decoded whole.
+    """
     if isinstance(source, (str, os.PathLike)):
-        return _open_file(Path(source))
+        return _open_file(Path(source), max_pixels)
     if isinstance(source, Image.Image):
         return to_rgb(source)
     if isinstance(source, torch.Tensor):
@@ -32,7 +38,7 @@ def load_rgb(source: ImageInput) -> Image.Image:
     raise ImageDecodeError(f"unsupported image type {type(source).__name__}")
 
 
-def _open_file(path: Path) -> Image.Image:
+def _open_file(path: Path, max_pixels: int | None = None) -> Image.Image:
     if not path.exists():
         raise ImageDecodeError("file not found")
     if path.is_dir():
@@ -40,10 +46,27 @@ def _open_file(path: Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                pixels = img.width * img.height
+                if max_pixels and pixels > max_pixels and img.format == "JPEG":
+                    f = (max_pixels / pixels) ** 0.5
+                    img.draft("RGB", (max(1, int(img.width * f)), max(1, int(img.height * f))))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = to_rgb(img)
+        for w in caught:
+            if issubclass(w.category, Image.DecompressionBombWarning):
+                warnings.warn(
+                    f"{path} has {pixels / 1e6:.0f} megapixels: decoding it needs about "
+                    f"{3 * pixels / 2**30:.1f} GB; maps are written at most --max-map-side wide",
+                    AnoclipWarning,
+                    stacklevel=3,
+                )
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return rgb
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -10,11 +10,14 @@ Files are decoded lazily, by a DataLoader worker when there is more than one bat
 from __future__ import annotations
 
 import os
+import signal
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ImageDecodeError
@@ -22,6 +25,9 @@ from .images import ImageInput, load_rgb, source_name
 from .preprocess import plan_layout, to_tensor
 from .records import Failure, Sample
 from .settings import Tiling
+
+# JPEG files above this many pixels are decoded at a reduced scale (images.load_rgb).
+DECODE_MAX_PIXELS = 64 * 2**20
 
 
 class Preparer:
@@ -34,8 +40,9 @@ class Preparer:
 
     def prepare(self, item: ImageInput, index: int = 0) -> Sample:
         """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
-        img = load_rgb(item)
-        width, height = img.size
+        size = _file_size(item)
+        img = load_rgb(item, DECODE_MAX_PIXELS)
+        width, height = size or img.size
         layout = plan_layout(height, width, self.size, self.tiling)
         tiles = to_tensor(img, layout, self.mean, self.std)
         return Sample(index, source_name(item, index), tiles, layout, (height, width))
@@ -103,5 +110,24 @@ def as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
     return list(images)
 
 
+def _file_size(item: ImageInput) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header, before any draft decoding."""
+    if not isinstance(item, (str, os.PathLike)):
+        return None
+    try:
+        with warnings.catch_warnings():  # load_rgb reports a decompression bomb, once
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(item)
+        with img:
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF transposes
+                width, height = height, width
+            return width, height
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def _single_thread(_: int) -> None:
+    """DataLoader workers: one thread each, and Ctrl-C is the main process's to handle."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,7 +1,7 @@
 """The papers' metrics (METHOD.md §6), computed per category.
 
 Image and pixel AUROC, AP and F1-max share one exact threshold sweep over the distinct
-score values (O(n log n), float32 scores, bool labels). AUPRO follows the reference and
+score values (O(n log n), float32 scores, bool labels). AUPRO follows the official code and
 MuSc convention: 200 thresholds between the category's min and max map value, PRO over
 8-connected ground-truth regions, FPR over all normal pixels, points with FPR < 0.3
 rescaled to [0, 1] and integrated with the trapezoid rule.
@@ -66,7 +66,7 @@ def _precision_recall(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray, mode: str = "step") -> float:
-    """AP: "step" Σ (R_n − R_{n−1}) P_n (scikit-learn); "trapezoid" the reference's
+    """AP: "step" Σ (R_n − R_{n−1}) P_n (scikit-learn); "trapezoid" the official code's
     area under (recall, precision) with the (0, 1) end point."""
     precision, recall = _precision_recall(labels, scores)
     if np.isnan(recall[0]):
@@ -103,7 +103,7 @@ def aupro(
     lo, hi = min(m.min() for m in maps), max(m.max() for m in maps)
     if hi <= lo:
         return float("nan")
-    # the reference's grid: np.arange in the maps' own dtype (float32 thresholds for float32 maps)
+    # AnoVL's grid: np.arange in the maps' own dtype (float32 thresholds for float32 maps)
     thresholds = np.arange(lo, hi, (hi - lo) / steps)
     # bin[i] = number of thresholds strictly below the value: pixel counts as detected
     # (value > th_k) exactly for k < bin
@@ -138,7 +138,7 @@ def aupro(
     if span <= 0:
         return float("nan")
     f = (f - f.min()) / span
-    # threshold order: FPR never increases, so this is the reference's auc(fpr, pro)
+    # threshold order: FPR never increases, so this is the official code's auc(fpr, pro)
     return float(np.sum(-np.diff(f) * (p[1:] + p[:-1]) / 2))
 
 

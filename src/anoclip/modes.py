@@ -80,6 +80,13 @@ def score_set(
             stacklevel=2,
         )
         return score_each(samples, features, context)
+    if context.refs != "all" and int(context.refs) > len(samples) - 1:
+        warnings.warn(
+            f"refs={context.refs} is more than the {len(samples) - 1} other images of the set; "
+            f"each image is scored against all {len(samples) - 1}",
+            AnoclipWarning,
+            stacklevel=2,
+        )
     s = context.settings
     tau = s.fusion_temperature
     counts = [smp.layout.num_tiles for smp in samples]

@@ -2,7 +2,7 @@
 
 7 normal + 7 abnormal state phrases × 66 templates (three domain families of 22) give
 462 sentences per state, built as ``template.format(state.format(name))`` with the
-templates as the outer loop, exactly as the reference orders them.
+templates as the outer loop, exactly as the official code orders them.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from .errors import UsageError
 from .settings import ClassNames, Domain
 
 STATE_NORMAL = (
@@ -60,8 +61,8 @@ _SHAPES = (
 OBJECT_DOMAINS = ("industrial photo", "industrial image", "manufacturing image")
 TEXTURE_DOMAINS = ("industrial photo", "textural photo", "surface picture")
 TEXTURES = frozenset({"carpet", "leather", "grid", "tile", "wood"})
-# The reference's only renaming; everything else is used verbatim there.
-REFERENCE_NAME_MAP = {"macaroni1": "macaroni", "macaroni2": "macaroni"}
+# The official code's only renaming; everything else is used verbatim there.
+ANOVL_NAME_MAP = {"macaroni1": "macaroni", "macaroni2": "macaroni"}
 
 
 def family(domain: str) -> tuple[str, ...]:
@@ -81,15 +82,15 @@ def prompt_name(
 ) -> str:
     """The object name as it appears in the sentences.
 
-    "verbatim" keeps folder names as the reference does (only macaroni1/2 -> macaroni);
+    "verbatim" keeps folder names as the official code does (only macaroni1/2 -> macaroni);
     "clean" also turns ``metal_nut`` into ``metal nut``. `name_map` overrides both.
     """
     raw = name.strip()
     if not raw:
-        raise ValueError("the object name is empty")
+        raise UsageError("the object name is empty")
     if name_map and raw in name_map:
         return name_map[raw]
-    mapped = REFERENCE_NAME_MAP.get(raw, raw)
+    mapped = ANOVL_NAME_MAP.get(raw, raw)
     if style == "verbatim":
         return mapped
     return re.sub(r"\s+", " ", re.sub(r"[_\-]+", " ", mapped)).strip()

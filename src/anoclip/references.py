@@ -9,12 +9,12 @@ and the R references of a query are combined per patch by `ref_agg`:
 
 Which references: R = 1 pairs images (the Dual-Image paper) by `pairing`; R = k takes the
 k nearest images by CLS cosine; R = "all" takes every other image (mutual scoring).
-Units (image tiles) of the same image never reference each other.
+Tiles of the same image never reference each other.
 
 Cost: one L×L similarity per (query, reference): O(N·R·L²·C) time, so dual is O(N·L²·C)
 and mutual scoring O(N²·L²·C), halved when pairs are mutual (each pair's similarity is
 read both ways). Memory is bounded: references are processed in chunks whose similarity
-block holds at most `chunk_elems` floats, and distances wait for later units only within
+block holds at most `chunk_elems` floats, and distances wait for later tiles only within
 `reuse_bytes` (beyond it, each query is computed on its own).
 """
 
@@ -28,7 +28,7 @@ import torch
 from .settings import RefCount
 
 DEFAULT_CHUNK_ELEMS = 2**25  # 32 M floats = 128 MB per similarity block
-DEFAULT_REUSE_BYTES = 2**30  # distances kept for later units when pairs are reused
+DEFAULT_REUSE_BYTES = 2**30  # distances kept for later tiles when pairs are reused
 
 
 def reference_sets(
@@ -38,14 +38,14 @@ def reference_sets(
     pairing: str = "cls_nn",
     generator: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
-    """Reference unit indices for every unit.
+    """Reference tile indices for every tile.
 
-    cls: `[U, C]` CLS embeddings; groups: `[U]` image id of each unit (units of one image
+    cls: `[T, C]` CLS embeddings; groups: `[T]` image id of each tile (tiles of one image
     exclude each other). num_refs: 1 (pairs, by `pairing`), k, or "all".
     """
     n = cls.shape[0]
-    unit = cls.float() / cls.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    sim = unit @ unit.T
+    direction = cls.float() / cls.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = direction @ direction.T
     sim.masked_fill_(groups[:, None] == groups[None, :], float("-inf"))
     allowed = torch.isfinite(sim)
     if not allowed.any(dim=1).all():
@@ -71,7 +71,7 @@ def reference_sets(
 
 
 def _greedy_matching(sim: torch.Tensor) -> torch.Tensor:
-    """Disjoint symmetric pairs, most similar first; a leftover unit borrows its nearest."""
+    """Disjoint symmetric pairs, most similar first; a leftover tile borrows its nearest."""
     n = sim.shape[0]
     partner = torch.full((n,), -1, dtype=torch.long)
     iu = torch.triu_indices(n, n, offset=1)
@@ -88,7 +88,7 @@ def _greedy_matching(sim: torch.Tensor) -> torch.Tensor:
 
 
 def _random_pairs(allowed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Disjoint pairs in a seeded random order; a leftover unit borrows a random partner."""
+    """Disjoint pairs in a seeded random order; a leftover tile borrows a random partner."""
     n = allowed.shape[0]
     partner = torch.full((n,), -1, dtype=torch.long)
     order = torch.randperm(n, generator=generator).tolist()
@@ -128,22 +128,22 @@ def nn_distances(
     device: torch.device | None = None,
     reuse_bytes: int = DEFAULT_REUSE_BYTES,
 ) -> torch.Tensor:
-    """Visual anomaly scores `[U, L]` in [0, 1] of every unit against its references.
+    """Visual anomaly scores `[T, L]` in [0, 1] of every tile against its references.
 
-    tokens: `[U, L, C]` L2-normalised patch tokens (any float dtype; kept where they are).
-    refs: reference unit indices per unit. keep: `[U, L]` bool, the reference patches that
+    tokens: `[T, L, C]` L2-normalised patch tokens (any float dtype; kept where they are).
+    refs: reference tile indices per tile. keep: `[T, L]` bool, the reference patches that
     may be matched (text filtering); a reference with no usable patch counts as distance 1.
 
-    When unit j references i and i references j (always in mutual scoring over all), their
+    When tile j references i and i references j (always in mutual scoring over all), their
     similarity matrix is computed once and read both ways (row maxima for i, column maxima
-    for j), as long as the distances waiting for later units fit in `reuse_bytes`.
+    for j), as long as the distances waiting for later tiles fit in `reuse_bytes`.
     """
     n, length, _ = tokens.shape
     dev = device or tokens.device
     chunk = max(1, chunk_elems // (length * length))
     column = [{int(r): k for k, r in enumerate(refs[i].tolist())} for i in range(n)]
     reuse = sum(len(r) for r in refs) * length * 4 <= reuse_bytes
-    pending: dict[int, torch.Tensor] = {}  # unit -> [L, R] distances filled so far
+    pending: dict[int, torch.Tensor] = {}  # tile -> [L, R] distances filled so far
     out = torch.empty(n, length)
     for i in range(n):
         dist = pending.pop(i, None)
@@ -179,6 +179,6 @@ def _nearest(sim: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
 
 
 def text_keep_mask(text_probs: torch.Tensor, quantile: float = 0.9) -> torch.Tensor:
-    """`[U, L]` text anomaly probabilities -> patches at or below each unit's quantile."""
+    """`[T, L]` text anomaly probabilities -> patches at or below each tile's quantile."""
     q = torch.quantile(text_probs.float(), quantile, dim=1, keepdim=True)
     return text_probs <= q

@@ -13,12 +13,15 @@ rounding and about 4x faster.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from . import towers
 from .backbone import Backbone
+from .errors import AnoclipWarning
 from .prompts import sentences
 from .settings import TextEnsemble as Ensemble
 from .settings import TextTokens
@@ -75,7 +78,9 @@ def build_text_bank(
     """
     trimmed = text_tokens == "trimmed"
     means, banks = [], []
-    for state in sentences(name, texture):  # one batch per state, as the official code
+    states = sentences(name, texture)
+    warn_if_cut(backbone.tokenizer, name, states)
+    for state in states:  # one batch per state, as the official code
         emb = encode_text(backbone, state, trimmed)
         normed = emb / emb.norm(dim=-1, keepdim=True)
         source = emb if ensemble == "anovl" else normed
@@ -88,6 +93,31 @@ def build_text_bank(
         features=torch.stack(means, dim=1),
         sentences=torch.cat(banks),
     )
+
+
+def cut_prompts(tokenizer: Callable[..., torch.Tensor], texts: list[str]) -> tuple[int, int]:
+    """(prompts that fill the whole context, so were possibly cut; prompts that became
+    identical to another one). A row is full when its last token is not padding."""
+    tokens = tokenizer(texts)
+    full = int((tokens[:, -1] != 0).sum())
+    identical = len(texts) - len({tuple(row.tolist()) for row in tokens})
+    return full, identical
+
+
+def warn_if_cut(
+    tokenizer: Callable[..., torch.Tensor], name: str, states: tuple[list[str], list[str]]
+) -> None:
+    """One warning when the object name makes prompts longer than the text context."""
+    counts = [cut_prompts(tokenizer, state) for state in states]
+    full, identical = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if full:
+        warnings.warn(
+            f"object name {name!r} is too long for the text context: {full} of "
+            f"{sum(len(s) for s in states)} prompts were cut, {identical} of them became "
+            "identical; use a shorter name",
+            AnoclipWarning,
+            stacklevel=3,
+        )
 
 
 class TextCache:

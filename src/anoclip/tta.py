@@ -16,6 +16,12 @@ per-entry gradients and AdamW is element-wise, so this equals E independent runs
 
 The randomness (initial weights, noise) comes from a generator seeded per batch and is
 shared by all entries, so an image's result does not depend on the batch it is in.
+
+Precision: the optimisation runs in `dtype` (float32 by default). The random draws are
+always made in float32 and then cast, so a float64 run adapts the same problem. With
+random backbone weights the gradients are about 1e-8, the size of Adam's ε, and float32
+rounding (which depends on the CPU's kernels) visibly moves the result; float64 makes the
+algorithm itself testable to ~1e-12 (tests/integration/test_tta_float64.py).
 """
 
 from __future__ import annotations
@@ -165,14 +171,19 @@ def adapt_tokens(
     carry: AdamState | None = None,
     synth: tuple[torch.Tensor, torch.Tensor] | None = None,
     use_noise: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Adapt tokens `[E, L, C]` and return g(t) `[E, L, C]` (detached) for E entries.
+    """Adapt tokens `[E, L, C]` and return g(t) `[E, L, C]` (detached, in `dtype`).
 
     `use_noise`: the AnoCLIP noise-corrupted copies (§2.5). `synth`: tokens `[E, L, C]` of a
     synthesized-anomaly image and their labels `[E, L]` (§3.5); with both, the losses add.
     `carry` (reference-quirk mode, reset_optimizer_state=False): AdamW moments that
     persist across calls; entries are then processed one after another.
+    `dtype`: the precision of the whole optimisation (inputs, weights, noise, Adam moments);
+    initial weights and noise are drawn in float32 and cast, whatever `dtype`.
     """
+    if not dtype.is_floating_point:
+        raise ValueError(f"TTA dtype must be a floating-point dtype, not {dtype}")
     if not use_noise and synth is None:
         raise ValueError("TTA needs noise, synthesized anomalies, or both")
     entries, length, dim = tokens.shape
@@ -182,21 +193,21 @@ def adapt_tokens(
     out_dim = adapter_out_dim(kind, sentence_bank)
     over = overrides or TTAOverrides()
     with torch.inference_mode(False), torch.enable_grad():
-        t = tokens.detach().float().clone()
-        feats = text_features.detach().float().clone()
-        bank = sentence_bank.detach().float().clone()
+        t = tokens.detach().to(dtype).clone()
+        feats = text_features.detach().to(dtype).clone()
+        bank = sentence_bank.detach().to(dtype).clone()
         w0, b0 = init_adapter(out_dim, dim, generator)
-        w0 = _per_entry(over.weight, w0, entries).to(t.device)
-        b0 = _per_entry(over.bias, b0, entries).to(t.device)
+        w0 = _per_entry(over.weight, w0.to(dtype), entries).to(t.device)
+        b0 = _per_entry(over.bias, b0.to(dtype), entries).to(t.device)
         eps = None
         if use_noise:
             eps = over.noise
             if eps is None:
                 eps = draw_noise((length, dim), settings.tta_steps, settings, generator)
-            eps = _entry_noise(eps, entries).to(t.device)
+            eps = _entry_noise(eps.to(dtype), entries).to(t.device)
         syn = None
         if synth is not None:
-            syn = (synth[0].detach().float().clone(), synth[1].detach().float().clone())
+            syn = (synth[0].detach().to(dtype).clone(), synth[1].detach().to(dtype).clone())
         if carry is None:
             return _train(t, w0, b0, eps, syn, feats, bank, settings, None)
         outs = []
@@ -232,6 +243,8 @@ def _train(t, w0, b0, noise, syn, feats, bank, settings: Settings, carry: AdamSt
         if not carry.exp_avg:
             carry.exp_avg = [torch.zeros_like(p) for p in params]
             carry.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        carry.exp_avg = [m.to(p) for m, p in zip(carry.exp_avg, params)]  # dtype, device
+        carry.exp_avg_sq = [v.to(p) for v, p in zip(carry.exp_avg_sq, params)]
         state = carry
     kind, tau = settings.adapter, settings.temperature
     entries, length, dim = t.shape
@@ -264,20 +277,21 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def _per_entry(given: torch.Tensor | None, drawn: torch.Tensor, entries: int) -> torch.Tensor:
-    """Per-entry parameters `[E, *drawn.shape]`: the override as given, else `drawn` copied."""
+    """Per-entry parameters `[E, *drawn.shape]` in drawn's dtype: the override as given,
+    else `drawn` copied."""
     if given is None:
         return drawn.unsqueeze(0).expand(entries, *drawn.shape).clone()
     if tuple(given.shape) != (entries, *drawn.shape):
         raise ValueError(
             f"TTA override of shape {tuple(given.shape)}, expected {(entries, *drawn.shape)}"
         )
-    return given.float()
+    return given.to(drawn.dtype)
 
 
 def _entry_noise(noise: torch.Tensor, entries: int) -> torch.Tensor:
     """`[steps, K, L, C]` (shared) or `[E, steps, K, L, C]` -> `[E, steps, K, L, C]`."""
     if noise.dim() == 4:
-        return noise.float().unsqueeze(0).expand(entries, *noise.shape)
+        return noise.unsqueeze(0).expand(entries, *noise.shape)
     if noise.dim() == 5 and noise.shape[0] == entries:
-        return noise.float()
+        return noise
     raise ValueError(f"TTA noise of shape {tuple(noise.shape)} does not fit {entries} entries")

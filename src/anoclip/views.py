@@ -3,7 +3,7 @@
 identity; rotations ±π/16, ±π/8, ±3π/16, ±π/4; translations (±0.2, ±0.2), (±0.1, ±0.1) in
 [-1, 1] grid units; horizontal flip; luma grayscale; rotations by 90°, 180°, 270°.
 Rotations and translations use affine grid sampling with reflection padding and
-align_corners=True, as the reference does.
+align_corners=True, as the official code does.
 """
 
 from __future__ import annotations

@@ -62,8 +62,11 @@ def test_detect_end_to_end(inputs, tiny_config, tmp_path):
     assert (out / "run.json").exists()
 
     # --resume skips what is done; the corrupt file is retried and fails again
-    again = run_cli("detect", *common, "--resume", "--no-tta")
+    again = run_cli("detect", *common, "--resume", "--batch-size", "3")  # runtime may change
     assert again.returncode == 1 and "skipped 5 already done" in again.stderr
+    # but resuming with other numerics is refused, naming the field
+    mixed = run_cli("detect", *common, "--resume", "--no-tta")
+    assert mixed.returncode == 2 and "different settings (tta)" in mixed.stderr
     with open(out / "scores.csv") as f:
         assert len(list(csv.DictReader(f))) == 5
 

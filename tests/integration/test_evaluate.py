@@ -96,6 +96,12 @@ def test_folder_loader_and_mask_resize_warning(tmp_path):
         m0 = loader.load(bad[0], (24, 24))
         loader.load(bad[1], (24, 24))
     assert len(record) == 1 and m0.all()
+    # a mask of another aspect ratio cannot be placed: an error in strict mode
+    png(root / "masks/crack/001_mask.png", np.full((16, 8), 255, np.uint8))
+    with pytest.raises(DatasetError, match="other aspect ratio"):
+        MaskLoader().load(bad[1], (24, 24))
+    with pytest.warns(UserWarning, match="stretching"):
+        MaskLoader(strict=False).load(bad[1], (24, 24))
     (root / "masks/crack/002_mask.png").unlink()
     with pytest.raises(DatasetError, match="missing mask"):
         load_dataset("folder", root)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from anoclip import Detector
-from anoclip.detector import Sample
 from anoclip.preprocess import Layout
+from anoclip.records import Sample
+from anoclip.testing import run_batch
 from anoclip.tta import TTAOverrides
 
 from ..conftest import MVTEC, need
@@ -82,15 +83,36 @@ def test_plain_map_and_scores(seed0_backbone, golden, image_score, key):
     scores = np.zeros(len(golden["paths"]))
     for cls in CLASSES:
         rows = rows_of(golden, cls)
-        res = det.run_batch(golden_samples(golden, rows), det.text_bank(cls), tta=False)
-        maps[rows] = np.stack([m.numpy() for m in res.maps])
-        scores[rows] = res.scores.numpy()
+        res = run_batch(det, golden_samples(golden, rows), det.text_bank(cls), tta=False)
+        maps[rows] = np.stack([r.map.numpy() for r in res])
+        scores[rows] = [r.score for r in res]
     assert centred(maps, golden["map_plain"]).max() <= 1e-3
     assert scores_centred(scores, golden[key]) <= 1e-3
 
 
+# Float32 TTA parity bar per adapter (centred, per image), derived from measurement
+# (tests/integration/tta_spread.py; ATEN_CPU_CAPABILITY = default / avx2 / avx512, AVX-512 EPYC).
+# With random weights the TTA gradients are ~1e-8, the size of Adam's ε, so float32 rounding,
+# which depends on the CPU's kernels, moves the adapted map. Against our float64 TTA
+# (test_tta_float64.py: exact to ~1e-12) on the golden's tokens, max over the 6 images:
+#
+#   e_f32 = our float32 vs float64     text 1.53e-3 / 1.67e-3 / 3.35e-3
+#                                      linear 1.39e-4 / 1.24e-4 / 1.25e-4
+#   e_gold = golden vs float64         text 1.76e-3, linear 1.31e-4 (CPU-independent)
+#   (our float32 vs golden, measured:  text 2.25e-3 / 0.95e-3 / 4.29e-3,
+#                                      linear 1.32e-4 / 0.92e-4 / 1.00e-4)
+#
+# By the triangle inequality, our-vs-golden ≤ e_f32 + e_gold. Other CPUs round differently
+# (one image's e_f32 varied 3.5x across the three capabilities), so the CPU-dependent term
+# gets a margin of 2: tol = 2·max e_f32 + e_gold = 8.5e-3 (text), 4.1e-4 (linear), rounded
+# up. The linear floor (~1e-4) is the float32 storage of maps near 0.5 (spread ~2e-4).
+TTA_TOL = {"text": 1e-2, "linear": 5e-4}
+
+
 @pytest.mark.parametrize("adapter", ["text", "linear"])
 def test_maps_after_tta(seed0_backbone, golden, adapter):
+    """Our float32 TTA maps match the golden within float32 rounding (TTA_TOL above);
+    the algorithm itself is checked exactly in float64 by test_tta_float64.py."""
     det = Detector(
         backbone=seed0_backbone, class_names="verbatim", adapter=adapter, image_score="cls"
     )
@@ -103,9 +125,10 @@ def test_maps_after_tta(seed0_backbone, golden, adapter):
             bias=torch.from_numpy(golden[f"tta_{adapter}_init_b"][rows]),
             noise=noise.reshape(len(rows), noise.shape[1], 1, -1, noise.shape[-1]),
         )
-        res = det.run_batch(golden_samples(golden, rows), det.text_bank(cls), True, hook)
-        maps[rows] = np.stack([m.numpy() for m in res.maps])
+        res = run_batch(det, golden_samples(golden, rows), det.text_bank(cls), True, hook)
+        maps[rows] = np.stack([r.map.numpy() for r in res])
     err = centred(maps, golden[f"map_tta_{adapter}"])
-    assert err.max() <= 1e-3, err
-    # and TTA really moved the map (so the comparison is not vacuous)
-    assert centred(golden["map_plain"], golden[f"map_tta_{adapter}"]).min() > 0.1
+    assert err.max() <= TTA_TOL[adapter], err
+    # and TTA really moved the map, by far more than the bar (the comparison is not vacuous)
+    moved = centred(golden["map_plain"], golden[f"map_tta_{adapter}"]).min()
+    assert moved > 0.1 and moved > 100 * TTA_TOL[adapter], moved

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from anoclip import Detector, Settings
-from anoclip.tta import AdamState, adamw_step, adapt_tokens, draw_noise, tta_loss
+from anoclip.tta import (
+    AdamState,
+    adamw_step,
+    adapt_tokens,
+    draw_noise,
+    init_adapter,
+    tta_loss,
+)
 
 
 def test_adamw_step_matches_torch_adamw():
@@ -92,6 +99,39 @@ def test_vectorised_tta_equals_independent_runs(kind):
             tau=0.07,
         )
         assert torch.allclose(got[i].double(), want, atol=1e-4), (i, (got[i] - want).abs().max())
+
+
+@pytest.mark.parametrize("kind", ["text", "linear"])
+def test_float64_tta_is_exact_with_the_same_draws(kind):
+    """dtype=float64: the same seeded draws (made in float32, then cast), and the result of
+    an independent float64 nn.Linear + torch.optim.AdamW run to ~1e-12."""
+    gen = torch.Generator().manual_seed(4)
+    e, length, dim = 2, 12, 8
+    tokens = torch.randn(e, length, dim, generator=gen) * 4
+    feats = torch.nn.functional.normalize(torch.randn(dim, 2, generator=gen), dim=0)
+    bank = torch.nn.functional.normalize(torch.randn(10, dim, generator=gen), dim=1)
+    settings = Settings(adapter=kind, temperature=0.07, tta_lr=1e-2)
+    got = adapt_tokens(
+        tokens, feats, bank, settings, torch.Generator().manual_seed(3), dtype=torch.float64
+    )
+    f32 = adapt_tokens(tokens, feats, bank, settings, torch.Generator().manual_seed(3))
+    assert got.dtype == torch.float64 and f32.dtype == torch.float32
+    draws = torch.Generator().manual_seed(3)
+    w0, b0 = init_adapter(10 if kind == "text" else dim, dim, draws)
+    noise = draw_noise((length, dim), settings.tta_steps, settings, draws)
+    for i in range(e):
+        want = _independent_tta(
+            tokens[i].double(), feats.double(), bank.double(), w0.double(), b0.double(),
+            noise[:, 0].double(), kind, lr=1e-2, tau=0.07,
+        )  # fmt: skip
+        assert torch.allclose(got[i], want, rtol=0, atol=1e-10), (got[i] - want).abs().max()
+        assert torch.allclose(f32[i].double(), want, atol=1e-4)
+
+
+def test_tta_dtype_must_be_floating():
+    t = torch.zeros(1, 4, 3)
+    with pytest.raises(ValueError, match="floating-point"):
+        adapt_tokens(t, torch.zeros(3, 2), torch.zeros(2, 3), Settings(), None, dtype=torch.int64)
 
 
 def test_masked_noise_blocks():

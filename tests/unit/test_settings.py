@@ -1,0 +1,75 @@
+"""Settings (numerics) and Runtime: validation, choices spelled once, fingerprints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from anoclip.cli import build_parser
+from anoclip.errors import AnoclipError, UnknownSettingError, UsageError
+from anoclip.settings import (
+    Mode,
+    Runtime,
+    Settings,
+    TTAKind,
+    apply,
+    choices,
+    differing_fields,
+    fingerprint,
+    ref_count,
+)
+
+
+def test_choices_come_from_the_literals():
+    assert choices(Mode) == ("anoclip", "dual", "mutual")
+    detect = build_parser()._subparsers._group_actions[0].choices["detect"]
+    by_dest = {a.dest: a for a in detect._actions}
+    assert tuple(by_dest["mode"].choices) == choices(Mode)
+    assert tuple(by_dest["tta"].choices) == choices(TTAKind)
+
+
+@pytest.mark.parametrize(
+    "field,value", [("fusion", "nope"), ("adapter", "mlp"), ("temperature", 0.0), ("tta_steps", -1)]
+)
+def test_invalid_values_are_usage_errors(field, value):
+    with pytest.raises(UsageError, match=field):
+        Settings(**{field: value})
+
+
+def test_deprecated_values_warn_and_map():
+    with pytest.warns(DeprecationWarning, match="token_mode='reference'"):
+        s = Settings(token_mode="reference")
+    assert s.token_mode == "anovl"
+    with pytest.warns(DeprecationWarning):
+        assert Settings(text_ensemble="reference").text_ensemble == "anovl"
+
+
+def test_runtime_is_not_part_of_the_fingerprint():
+    s, r = apply(Settings(), Runtime(), batch_size=2, workers=0, temperature=0.07)
+    assert r.batch_size == 2 and s.temperature == 0.07
+    a = fingerprint(s, model="m", seed=0)
+    b = fingerprint(dataclasses.replace(s), model="m", seed=0)
+    assert a == b and "batch_size" not in str(a)
+    c = fingerprint(dataclasses.replace(s, temperature=1.0), model="m", seed=1)
+    assert differing_fields(a, c) == ["seed", "settings.temperature"]
+
+
+def test_unknown_names_are_type_errors_and_anoclip_errors():
+    with pytest.raises(UnknownSettingError) as info:
+        apply(Settings(), Runtime(), temprature=1.0)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, AnoclipError)
+
+
+@pytest.mark.parametrize(
+    "mode,refs,want",
+    [("anoclip", None, 0), ("dual", None, 1), ("mutual", None, "all"), ("mutual", "3", 3)],
+)
+def test_ref_count(mode, refs, want):
+    assert ref_count(mode, refs) == want
+
+
+@pytest.mark.parametrize("mode,refs", [("anoclip", 2), ("dual", 2), ("mutual", 0), ("x", None)])
+def test_ref_count_rejects(mode, refs):
+    with pytest.raises(UsageError):
+        ref_count(mode, refs)
