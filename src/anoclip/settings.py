@@ -133,34 +133,7 @@ class Settings:
     VisA tiles along the longer side, stitched back to the original aspect."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            old = (f.name, getattr(self, f.name))
-            if isinstance(old[1], str) and old in DEPRECATED_VALUES:
-                new = DEPRECATED_VALUES[old]
-                warnings.warn(
-                    f"setting {f.name}={old[1]!r} is deprecated; use {f.name}={new!r}",
-                    DeprecationWarning,
-                    stacklevel=3,
-                )
-                object.__setattr__(self, f.name, new)
-            allowed = _CHOICES.get(f.name)
-            if allowed is not None and getattr(self, f.name) not in allowed:
-                _fail(f"{f.name}={getattr(self, f.name)!r}; choose one of {', '.join(allowed)}")
-        _check(self.vv_start_layer >= 1, "vv_start_layer must be >= 1")
-        _check(len(self.layers) > 0 and all(x >= 1 for x in self.layers), "layers must be >= 1")
-        _check(self.temperature > 0, "temperature must be > 0")
-        _check(self.gaussian_sigma >= 0, "gaussian_sigma must be >= 0")
-        _check(self.tta_steps >= 0, "tta_steps must be >= 0")
-        _check(self.tta_lr > 0, "tta_lr must be > 0")
-        _check(self.tta_noise_sigma >= 0, "tta_noise_sigma must be >= 0")
-        _check(0 < self.ref_filter_quantile <= 1, "ref_filter_quantile must be in (0, 1]")
-        _check(all(x >= 1 for x in self.ref_layers), "ref_layers must be >= 1")
-        _check(
-            0 <= self.fusion_alpha <= 1 and 0 <= self.fusion_beta <= 1, "fusion weights in [0, 1]"
-        )
-        _check(self.fusion_temperature > 0, "fusion_temperature must be > 0")
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        object.__setattr__(self, "ref_layers", tuple(int(x) for x in self.ref_layers))
+        _validate(self)
 
     def token_layers(self, depth: int) -> tuple[int, ...]:
         """The 1-based layers whose V-V tokens are scored, for a tower of `depth` blocks."""
@@ -185,6 +158,36 @@ class Settings:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def _validate(self: Settings) -> None:
+    """Map deprecated values, check choices and ranges, normalise tuples (in place)."""
+    for f in fields(self):
+        old = (f.name, getattr(self, f.name))
+        if isinstance(old[1], str) and old in DEPRECATED_VALUES:
+            new = DEPRECATED_VALUES[old]
+            warnings.warn(
+                f"setting {f.name}={old[1]!r} is deprecated; use {f.name}={new!r}",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            object.__setattr__(self, f.name, new)
+        allowed = _CHOICES.get(f.name)
+        if allowed is not None and getattr(self, f.name) not in allowed:
+            _fail(f"{f.name}={getattr(self, f.name)!r}; choose one of {', '.join(allowed)}")
+    _check(self.vv_start_layer >= 1, "vv_start_layer must be >= 1")
+    _check(len(self.layers) > 0 and all(x >= 1 for x in self.layers), "layers must be >= 1")
+    _check(self.temperature > 0, "temperature must be > 0")
+    _check(self.gaussian_sigma >= 0, "gaussian_sigma must be >= 0")
+    _check(self.tta_steps >= 0, "tta_steps must be >= 0")
+    _check(self.tta_lr > 0, "tta_lr must be > 0")
+    _check(self.tta_noise_sigma >= 0, "tta_noise_sigma must be >= 0")
+    _check(0 < self.ref_filter_quantile <= 1, "ref_filter_quantile must be in (0, 1]")
+    _check(all(x >= 1 for x in self.ref_layers), "ref_layers must be >= 1")
+    _check(0 <= self.fusion_alpha <= 1 and 0 <= self.fusion_beta <= 1, "fusion weights in [0, 1]")
+    _check(self.fusion_temperature > 0, "fusion_temperature must be > 0")
+    object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+    object.__setattr__(self, "ref_layers", tuple(int(x) for x in self.ref_layers))
 
 
 @dataclass(frozen=True)
