@@ -35,6 +35,8 @@ _EXPORTS = {
     "Backbone": "backbone",
     "load_backbone": "backbone",
     "Detector": "detector",
+    "Threshold": "calibrate",
+    "decide_all": "decisions",
 }
 
 __all__ = [
@@ -48,14 +50,18 @@ __all__ = [
     "Prediction",
     "Runtime",
     "Settings",
+    "Threshold",
     "UsageError",
     "WeightsUnavailableError",
     "__version__",
+    "decide_all",
     "load_backbone",
 ]
 
 if TYPE_CHECKING:
     from .backbone import Backbone, load_backbone
+    from .calibrate import Threshold
+    from .decisions import decide_all
     from .detector import Detector
     from .errors import (
         AnoclipError,

@@ -5,6 +5,12 @@ fingerprint — before torch and open_clip are imported and before anything is w
 `--help`, `--version` and every usage error answer at once and leave disk untouched.
 User errors (:class:`~anoclip.errors.AnoclipError`, ``OSError``) are one line with exit
 code 2; any other exception is a bug and shows its traceback.
+
+Decisions (`detect`): ``--normal DIR`` calibrates the ok/defect threshold on known-good
+images scored in the same mode and settings (in dual/mutual mode as their own set,
+leave-one-out), ``--threshold FILE`` reuses a threshold.json whose settings fingerprint
+matches, and without either the unsupervised rule decides once every image is scored.
+A resumed folder keeps its own calibrated threshold.json unless told otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ from typing import Any
 from tqdm import tqdm
 
 from . import __version__
-from .errors import AnoclipError, AnoclipWarning, ResultFolderError, UsageError
+from .errors import (
+    AnoclipError,
+    AnoclipWarning,
+    ResultFolderError,
+    ThresholdFileError,
+    UsageError,
+)
 from .listing import expand_inputs, output_names
 from .prompts import prompt_name
 from .settings import (
@@ -43,6 +55,7 @@ from .settings import (
 )
 
 RUN_INFO = "run.json"
+THRESHOLD_FILE = "threshold.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2048,
         help="longest side of the written maps in pixels (default 2048; 0: the image's size)",
     )
+    add_decision_args(det)
     det.set_defaults(func=run_detect)
 
     ev = sub.add_parser("evaluate", help="metrics on a labelled test set (MVTec AD, VisA, folder)")
@@ -107,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ap-mode", choices=("step", "trapezoid"), default="step")
     ev.add_argument("--no-strict", action="store_true", help="allow incomplete MVTec categories")
     ev.add_argument("--limit", type=int, default=None, help="images per category (smoke tests)")
+    ev.add_argument(
+        "--false-reject",
+        default=None,
+        metavar="RATE",
+        help="target false-reject rate of the thresholds calibrated on each category's "
+        "train/good images, in (0, 1) (default 0.01)",
+    )
     ev.set_defaults(func=run_evaluate)
     return parser
 
@@ -127,6 +148,31 @@ def add_mode_args(p: argparse.ArgumentParser) -> None:
         help="test-time adaptation: noise (AnoCLIP), synth (synthesized anomalies), both",
     )
     p.add_argument("--no-tta", action="store_true", help="same as --tta none")
+
+
+def add_decision_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decisions (ok / defect, label-free thresholds)")
+    g.add_argument(
+        "--normal",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="known-good images (folder or file; repeatable), scored like the inputs, that "
+        "set the threshold; writes threshold.json",
+    )
+    g.add_argument(
+        "--false-reject",
+        default=None,
+        metavar="RATE",
+        help="with --normal: target rate of good images called defect, in (0, 1) (default 0.01)",
+    )
+    g.add_argument(
+        "--threshold",
+        default=None,
+        metavar="FILE",
+        help="reuse a threshold.json made with the same settings (instead of --normal); "
+        "without either, an unsupervised rule over the inputs decides",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -250,6 +296,55 @@ class Plan:
 
 def run_detect(args: argparse.Namespace) -> int:
     plan = Plan(args)
+    paths = detect_inputs(args)
+    model, pretrained = model_identity(args)
+    finger = fingerprint(
+        plan.settings, model=model, pretrained=pretrained, seed=plan.seed, object=args.object,
+        mode=args.mode, refs=plan.refs, tta=plan.tta, max_map_side=args.max_map_side,
+    )  # fmt: skip
+    thr_id = threshold_id(finger)
+    decisions = plan_decisions(args, thr_id)
+    out = Path(args.out)
+    check_output_folder(out, args.resume, args.overwrite, finger)
+    decisions = resumed_decisions(decisions, out, args.resume, thr_id)
+
+    from .outputs import ResultWriter  # the stack loads from here on
+
+    det = plan.detector(args)
+    threshold = decisions.threshold
+    if decisions.normals:
+        threshold = calibrate_on_normals(det, decisions, args, plan, thr_id)
+    started = time.perf_counter()
+    info = {**run_info(args, det, finger), "decisions": decisions.describe()}
+    with ResultWriter(out, resume=args.resume, overwrite=args.overwrite,
+                      overlays=not args.no_overlay, threshold=threshold) as writer:  # fmt: skip
+        writer.write_run_info(info)
+        count, skipped, modes = score_all(writer, det, args, plan, paths)
+        errors = writer.num_errors
+        if modes:
+            writer.write_run_info({**info, "modes_used": sorted(modes)})
+    elapsed = time.perf_counter() - started
+    final, rows = writer.finalize(thr_id)
+    page = write_detect_report(out, rows, final, info, args)
+    print(
+        f"anoclip: scored {count} image(s) in {elapsed:.1f} s"
+        + (f", skipped {skipped} already done" if skipped else "")
+        + (f", {errors} unreadable (see {out / 'errors.csv'})" if errors else "")
+        + f"; {decision_summary(rows, final)}; results in {out}"
+        + (f", report {page}" if page else ""),
+        file=sys.stderr,
+    )
+    if final is not None and final.unsupervised:
+        _warn(
+            f"decisions come from an UNSUPERVISED threshold (median + {final.inputs['k']:g}"
+            f"·1.4826·MAD of these {len(rows)} scores): no false-reject guarantee, and it "
+            "misses defects unless they are a minority; pass --normal DIR of known-good images"
+        )
+    return 1 if errors else 0
+
+
+def detect_inputs(args: argparse.Namespace) -> list[Path]:
+    """The validated images of `anoclip detect` (and its other plain options)."""
     try:
         prompt_name(args.object)
     except ValueError as exc:
@@ -261,50 +356,188 @@ def run_detect(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}")
-    model, pretrained = model_identity(args)
-    finger = fingerprint(
-        plan.settings, model=model, pretrained=pretrained, seed=plan.seed, object=args.object,
-        mode=args.mode, refs=plan.refs, tta=plan.tta, max_map_side=args.max_map_side,
-    )  # fmt: skip
-    out = Path(args.out)
-    check_output_folder(out, args.resume, args.overwrite, finger)
+    return paths
 
-    from .outputs import ResultWriter  # the stack loads from here on
 
-    det = plan.detector(args)
+def score_all(
+    writer: Any, det: Any, args: argparse.Namespace, plan: Plan, paths: Sequence[Path]
+) -> tuple[int, int, set[str]]:
+    """Score the inputs not yet in the writer's folder; returns (scored, skipped, modes)."""
     names = output_names(paths)
     index_of = {str(p): i for i, p in enumerate(paths)}
-    started = time.perf_counter()
-    info = run_info(args, det, finger)
-    with ResultWriter(out, resume=args.resume, overwrite=args.overwrite,
-                      overlays=not args.no_overlay) as writer:  # fmt: skip
-        writer.write_run_info(info)
-        skip = [i for i, p in enumerate(paths) if str(p) in writer.finished]
-        count, modes = 0, set()
-        stream = det.iter_predict(
-            list(index_of), args.object, plan.tta, mode=args.mode, refs=plan.refs,
-            progress=True, skip=skip, max_map_side=args.max_map_side or None,
-        )  # fmt: skip
-        for item in stream:
-            if hasattr(item, "reason"):
-                writer.add_failure(item)
-                _warn(f"cannot read {item.source}: {item.reason}")
-                continue
-            writer.add(item, names[index_of[item.source]], item.source)
-            modes.add(item.mode)
-            count += 1
-        errors = writer.num_errors
-        if modes:
-            writer.write_run_info({**info, "modes_used": sorted(modes)})
-    elapsed = time.perf_counter() - started
-    print(
-        f"anoclip: scored {count} image(s) in {elapsed:.1f} s"
-        + (f", skipped {len(skip)} already done" if skip else "")
-        + (f", {errors} unreadable (see {out / 'errors.csv'})" if errors else "")
-        + f"; results in {out}",
-        file=sys.stderr,
+    skip = [i for i, p in enumerate(paths) if str(p) in writer.finished]
+    count, modes = 0, set()
+    stream = det.iter_predict(
+        list(index_of), args.object, plan.tta, mode=args.mode, refs=plan.refs,
+        progress=True, skip=skip, max_map_side=args.max_map_side or None,
+    )  # fmt: skip
+    for item in stream:
+        if hasattr(item, "reason"):
+            writer.add_failure(item)
+            _warn(f"cannot read {item.source}: {item.reason}")
+            continue
+        writer.add(item, names[index_of[item.source]], item.source)
+        modes.add(item.mode)
+        count += 1
+    return count, len(skip), modes
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+@dataclasses.dataclass
+class Decisions:
+    """Where `anoclip detect` gets its ok / defect threshold, settled before the stack loads.
+
+    source: "normal" (calibrate on `normals`), "file" (--threshold), "folder" (a resumed
+    folder's own calibrated threshold.json) or "unsupervised" (decided at the end).
+    threshold: the :class:`~anoclip.calibrate.Threshold` when known before scoring.
+    """
+
+    source: str = "unsupervised"
+    normals: list[Path] = dataclasses.field(default_factory=list)
+    false_reject: float | None = None
+    threshold: Any = None
+    file: Path | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """For run.json."""
+        out: dict[str, Any] = {"threshold": self.source}
+        if self.normals:
+            out.update(normals=len(self.normals), false_reject=self.false_reject)
+        if self.file is not None:
+            out["threshold_file"] = str(self.file.resolve())
+        return out
+
+
+def threshold_id(finger: dict) -> dict:
+    """The fingerprint a threshold is calibrated under: the run's, less what only shapes
+    the written files (--max-map-side), so a threshold.json is reusable across them."""
+    return {k: v for k, v in finger.items() if k != "max_map_side"}
+
+
+def false_reject_arg(raw: str | None) -> float:
+    """--false-reject as given -> α in (0, 1) (default 0.01); UsageError otherwise."""
+    if raw is None:
+        from .calibrate import DEFAULT_FALSE_REJECT
+
+        return DEFAULT_FALSE_REJECT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise UsageError(
+            f"--false-reject {raw!r}: expected a rate in (0, 1), e.g. 0.01 for 1 % of good "
+            "images called defect"
+        )
+    return value
+
+
+def plan_decisions(args: argparse.Namespace, thr_id: dict) -> Decisions:
+    """--normal / --false-reject / --threshold -> Decisions (validated, no torch)."""
+    alpha = false_reject_arg(args.false_reject)
+    if args.normal and args.threshold:
+        raise UsageError(
+            "--normal and --threshold exclude each other: calibrate on known-good images, "
+            "or reuse a threshold file"
+        )
+    if args.false_reject is not None and not args.normal:
+        raise UsageError("--false-reject needs --normal DIR (the known-good images it sets)")
+    if args.threshold:
+        path = Path(args.threshold)
+        return Decisions("file", threshold=load_threshold(path, thr_id, "--threshold"), file=path)
+    if not args.normal:
+        return Decisions()
+    from .calibrate import MIN_NORMALS
+
+    normals = expand_inputs(args.normal)
+    if len(normals) < MIN_NORMALS:
+        raise UsageError(
+            f"--normal {' '.join(args.normal)}: {len(normals)} image(s), need at least "
+            f"{MIN_NORMALS} known-good images"
+        )
+    return Decisions("normal", normals, alpha)
+
+
+def load_threshold(path: Path, thr_id: dict, what: str) -> Any:
+    """A threshold file whose settings equal `thr_id` (ThresholdFileError naming the
+    differing fields otherwise)."""
+    from .calibrate import Threshold
+
+    threshold = Threshold.from_json(path)
+    changed = differing_fields(threshold.settings, json.loads(json.dumps(thr_id)))
+    if changed:
+        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        raise ThresholdFileError(
+            f"{what} {path}: calibrated with other settings ({shown}); use the settings it "
+            "was made with, or recalibrate with --normal"
+        )
+    if what == "--threshold":
+        inputs = {**threshold.inputs, "from_file": str(path.resolve())}
+        threshold = dataclasses.replace(threshold, inputs=inputs)
+    return threshold
+
+
+def resumed_decisions(decisions: Decisions, out: Path, resume: bool, thr_id: dict) -> Decisions:
+    """A resumed run with no threshold options keeps the folder's calibrated threshold."""
+    folder_file = out / THRESHOLD_FILE
+    if decisions.source != "unsupervised" or not resume or not folder_file.is_file():
+        return decisions
+    threshold = load_threshold(folder_file, thr_id, "--resume:")
+    if threshold.unsupervised:
+        return decisions  # recomputed over all rows at the end
+    return Decisions("folder", threshold=threshold, file=folder_file)
+
+
+def calibrate_on_normals(
+    det: Any, decisions: Decisions, args: argparse.Namespace, plan: Plan, thr_id: dict
+) -> Any:
+    """The threshold from the --normal images, scored in the run's mode and settings."""
+    if args.mode != "anoclip" and plan.settings.fusion == "batch_z":
+        _warn(
+            "fusion=batch_z normalises over the set, so the known-good images (scored as "
+            "their own set) and the inputs are on different scales; prefer fusion=linear"
+        )
+    print(f"anoclip: calibrating on {len(decisions.normals)} known-good image(s)", file=sys.stderr)
+    threshold = det.calibrate(
+        [str(p) for p in decisions.normals], args.object, decisions.false_reject, plan.tta,
+        mode=args.mode, refs=plan.refs, settings_id=thr_id, progress=True,
+    )  # fmt: skip
+    inputs = {**threshold.inputs, "normal_inputs": [str(Path(d).resolve()) for d in args.normal]}
+    return dataclasses.replace(threshold, inputs=inputs)
+
+
+def decision_summary(rows: Sequence[dict], threshold: Any) -> str:
+    """'3 defect, 9 ok (threshold 0.51, normal: 4 known-good images, ...)' for the log."""
+    if threshold is None:
+        return "no decisions"
+    defect = sum(r["decision"] == "defect" for r in rows)
+    how = threshold.method
+    if not threshold.unsupervised:
+        n, alpha = threshold.inputs.get("n_normal"), threshold.inputs.get("false_reject")
+        how += f" from {n} known-good images, target false-reject rate {alpha}"
+    t = threshold.image_threshold
+    return f"{defect} defect, {len(rows) - defect} ok (threshold {t:.6g}, {how})"
+
+
+def write_detect_report(
+    out: Path, rows: Sequence[dict], threshold: Any, info: dict, args: argparse.Namespace
+) -> Path | None:
+    """OUT/report.html over all rows of the folder, maps on the fixed scale [0, 1]."""
+    if not rows:
+        return None
+    from .outputs import report_rows
+    from .report import write_report
+    from .visualize import FIXED_SCALE
+
+    keys = ("anoclip", "object", "model", "pretrained", "random_weights", "seed", "mode", "refs",
+            "tta", "decisions", "settings")  # fmt: skip
+    shown = {k: info[k] for k in keys if k in info}
+    title = f"anoclip detect: {args.object}" + (
+        " (RANDOM weights: scores meaningless)" if info.get("random_weights") else ""
     )
-    return 1 if errors else 0
+    return write_report(out, report_rows(out, rows), threshold, shown, title, scale=FIXED_SCALE)
 
 
 def check_output_folder(out: Path, resume: bool, overwrite: bool, finger: dict) -> None:
@@ -376,6 +609,7 @@ def run_info(args: argparse.Namespace, det: Any, finger: dict) -> dict:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     plan = Plan(args, preset(args.preset, args.dataset) if args.preset else None)
+    false_reject = false_reject_arg(args.false_reject)
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"--root {root}: no such folder")
@@ -386,14 +620,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     opts = EvalOptions(
         dataset=args.dataset, root=args.root, categories=args.categories, tta=plan.tta,
         mode=args.mode, refs=plan.refs, eval_size=args.eval_size, ap_mode=args.ap_mode,
-        strict=not args.no_strict, limit=args.limit,
+        strict=not args.no_strict, limit=args.limit, false_reject=false_reject,
     )  # fmt: skip
     started = time.perf_counter()
     results = evaluate(det, opts, args.out, log=lambda m: print(f"anoclip: {m}", file=sys.stderr))
     print((Path(args.out) / "metrics.md").read_text())
     print(
         f"anoclip: evaluated {len(results)} categories in {time.perf_counter() - started:.0f} s;"
-        f" tables in {args.out}",
+        f" tables and report.html in {args.out}",
         file=sys.stderr,
     )
     return 0

@@ -1,30 +1,31 @@
 """The public facade: :class:`Detector` scores images of one object, zero-shot.
 
-It holds the loaded model and orchestrates one module per step of the data path:
+    load the model -> Pipeline.iter_scored (load -> encode -> score each image alone, or
+    the set together) -> Prediction (map resized to the image `[H, W]`) -> decision
+    (with a threshold: "defect" ⟺ score > t, :mod:`anoclip.decisions`)
 
-    inputs -> loading (Sample: tiles `[T, 3, S, S]`) -> text (TextBank, cached per object)
-        -> encode (VVEncoder, CLS views, TTA: Features) -> modes (score_each | score_set:
-        Scored, model resolution) -> Prediction (map resized to the image `[H, W]`)
+:meth:`Detector.calibrate` scores known-good images exactly as test images will be scored
+and returns a :class:`~anoclip.calibrate.Threshold`; ``predict(..., threshold=t)`` fills
+``Prediction.decision`` / ``ratio``; ``threshold="unsupervised"`` (or :func:`decide_all`)
+applies the label-free outlier rule to the predicted set itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .backbone import Backbone, load_backbone
-from .encode import encode, tiles_of
-from .encoder import VVEncoder
-from .errors import ImageDecodeError
+from .calibrate import DEFAULT_CONFIDENCE, DEFAULT_FALSE_REJECT, Threshold
+from .decisions import check_calibration, decide_all, normal_items, threshold_from
+from .errors import ImageDecodeError, UsageError
 from .images import ImageInput
-from .loading import Preparer, as_list, batches
-from .modes import ScoringContext, SetStore, score_each, score_set
+from .pipeline import Pipeline
 from .preprocess import resize_map
-from .prompts import is_texture, prompt_name
-from .records import Failure, Features, Prediction, Sample, Scored
+from .records import Failure, Prediction
 from .settings import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -33,14 +34,13 @@ from .settings import (
     Settings,
     apply,
     ref_count,
-    tta_kind,
 )
-from .synth import Textures
-from .text import TextBank, TextCache
-from .tta import AdamState, TTAOverrides
+
+ThresholdArg = Threshold | float | Literal["unsupervised"] | None
+__all__ = ["Detector", "capped", "decide_all"]
 
 
-class Detector:
+class Detector(Pipeline):
     """Zero-shot anomaly detector (AnoCLIP, METHOD.md §2; Dual-Image modes, §3).
 
     Args:
@@ -49,9 +49,8 @@ class Detector:
             drawn from `seed`).
         device: ``None`` picks CUDA when available, else CPU.
         seed: seeds random weights, TTA and random pairing; equal seeds give equal outputs.
-        settings: what is computed (:class:`Settings`); runtime: how (:class:`Runtime`:
-            batch size, workers, device, precision). Keyword `overrides` replace fields of
-            either (e.g. ``Detector(temperature=0.07, batch_size=4)``).
+        settings: what is computed (:class:`Settings`); runtime: how (:class:`Runtime`);
+            keyword `overrides` replace fields of either (``temperature=0.07, batch_size=4``).
         backbone: an already loaded :class:`Backbone` (then model/pretrained are ignored).
     """
 
@@ -72,60 +71,38 @@ class Detector:
         runtime = runtime or Runtime(device=None if device is None else str(device))
         if num_workers is not None:
             overrides["workers"] = num_workers
-        self.settings, self.runtime = apply(settings or Settings(), runtime, **overrides)
-        self.seed = int(seed)
-        self.backbone = backbone or load_backbone(
-            model, pretrained, self.runtime.device, cache_dir, seed=self.seed
-        )
-        self.settings.token_layers(self.backbone.depth)  # validates layers early
-        self.encoder = VVEncoder(self.backbone.model.visual, self.settings.vv_start_layer)
-        bb = self.backbone
-        self._preparer = Preparer(bb.image_size, bb.mean, bb.std, self.settings.tiling)
-        self._text = TextCache()
-        self._adam_carry: dict[str, AdamState] = {}  # AnoVL quirk mode only
-        self._textures = Textures(self.settings.synth_textures)
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.device
-
-    def text_bank(self, object_name: str) -> TextBank:
-        """The (cached) prompt-ensemble embeddings for `object_name`."""
-        s = self.settings
-        name = prompt_name(object_name, s.class_names)
-        texture = is_texture(object_name, s.domain)
-        return self._text.get(self.backbone, name, texture, s.text_ensemble, s.text_tokens)
-
-    def prepare(self, item: ImageInput, index: int = 0) -> Sample:
-        """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
-        return self._preparer.prepare(item, index)
+        settings, runtime = apply(settings or Settings(), runtime, **overrides)
+        backbone = backbone or load_backbone(model, pretrained, runtime.device, cache_dir,
+                                             seed=int(seed))  # fmt: skip
+        super().__init__(backbone, settings, runtime, int(seed))
 
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
         object_name: str,
         tta: bool | str = True,
+        *,
+        threshold: ThresholdArg = None,
         **options: object,
     ) -> list[Prediction]:
-        """Score `images` (paths, PIL images, arrays `[H, W(, C)]`, or a mix).
+        """Score `images` (paths, PIL images, arrays `[H, W(, C)]`, or a mix); one
+        :class:`Prediction` per image, in input order (ImageDecodeError names the first
+        undecodable input).
 
-        tta: True (= "noise", AnoCLIP's), False (= "none"), "synth" (synthesized anomalies,
-            Dual-Image) or "both".
-        mode: "anoclip" scores each image alone; "dual" pairs the images, each the visual
-            reference of the other; "mutual" scores each against `refs` others ("all" by
-            default). dual/mutual treat `images` as one unlabeled set of the same object;
-            with a single image they fall back to "anoclip" (warning).
-        progress: show a progress bar.
-
-        Returns one :class:`Prediction` per image, in input order. Raises
-        :class:`ImageDecodeError` naming the first input that cannot be decoded.
+        tta: True (= "noise", AnoCLIP's), False (= "none"), "synth" or "both".
+        mode: "anoclip" (each image alone), "dual" (pairs, each the reference of the other)
+            or "mutual" (each against `refs` others, "all" by default); the set modes treat
+            `images` as one unlabeled set (one image falls back to "anoclip", warned).
+        threshold: a Threshold (:meth:`calibrate`) or float t fills `decision` ("defect" ⟺
+            score > t) and `ratio`; "unsupervised": the set's own robust outlier rule.
         """
+        live = None if threshold == "unsupervised" else threshold
         out = []
-        for item in self.iter_predict(images, object_name, tta, **options):
+        for item in self.iter_predict(images, object_name, tta, threshold=live, **options):
             if isinstance(item, Failure):
                 raise ImageDecodeError(f"{item.source}: {item.reason}")
             out.append(item)
-        return out
+        return decide_all(out, "unsupervised") if threshold == "unsupervised" else out
 
     def iter_predict(
         self,
@@ -134,79 +111,54 @@ class Detector:
         tta: bool | str = True,
         *,
         max_map_side: int | None = None,
+        threshold: Threshold | float | None = None,
         **options: object,
     ) -> Iterator[Prediction | Failure]:
-        """Like :meth:`predict`, but yields results as they are ready (batch by batch alone;
-        after the whole set is encoded in a set mode) and reports undecodable inputs as
-        :class:`Failure`. Options as :meth:`iter_scored` (`skip` resumes a run);
-        `max_map_side` caps the longest side of the returned maps (aspect kept)."""
+        """Like :meth:`predict`, streamed (batch by batch alone; after the whole set is
+        encoded in a set mode), undecodable inputs as :class:`Failure`. `skip` resumes a
+        run; `max_map_side` caps the maps' longest side; a known `threshold` decides each
+        image as it is yielded."""
+        if isinstance(threshold, str):
+            raise UsageError(
+                f"iter_predict: threshold {threshold!r} needs the whole set; use predict(..., "
+                "threshold='unsupervised') or decide_all(predictions, 'unsupervised')"
+            )
         for item in self.iter_scored(images, object_name, tta, **options):
             if isinstance(item, Failure):
                 yield item
                 continue
             size = capped(item.sample.size, max_map_side)
             full = resize_map(item.map, size).clamp(0.0, 1.0).numpy().astype(np.float32)
-            yield Prediction(item.sample.source, item.score, full, item.mode, item.sample.size)
+            pred = Prediction(item.sample.source, item.score, full, item.mode, item.sample.size)
+            yield pred if threshold is None else pred.decided(threshold)
 
-    def iter_scored(
+    def calibrate(
         self,
-        images: ImageInput | Sequence[ImageInput],
+        normals: ImageInput | Sequence[ImageInput],
         object_name: str,
+        false_reject: float = DEFAULT_FALSE_REJECT,
         tta: bool | str = True,
         *,
         mode: Mode = "anoclip",
         refs: int | str | None = None,
+        confidence: float = DEFAULT_CONFIDENCE,
+        pixel_quantile: float = 1.0,
+        settings_id: Mapping[str, Any] | None = None,
         progress: bool = False,
-        skip: Iterable[int] = (),
-    ) -> Iterator[Scored | Failure]:
-        """The data path: load -> encode -> score each image alone, or the set together.
-        Yields :class:`Scored` (maps at model resolution) or :class:`Failure`; indices in
-        `skip` are not processed."""
-        kind, num_refs = tta_kind(tta), ref_count(mode, refs)
-        items = as_list(images)
-        skipped = set(skip)
-        todo = [i for i in range(len(items)) if i not in skipped]
-        bank = self.text_bank(object_name)
-        context = ScoringContext(self.settings, self.backbone.image_size, self.seed, num_refs,
-                                 self.device)  # fmt: skip
-        store = SetStore(len(todo)) if num_refs else None
-        pin = self.device.type == "cuda"
-        rt = self.runtime
-        with tqdm(total=len(todo), disable=not progress, unit="img", desc=object_name) as bar:
-            for batch in batches(self._preparer, items, todo, rt.batch_size, rt.workers, pin):
-                samples = [b for b in batch if isinstance(b, Sample)]
-                feats = self.encode(samples, bank, kind, refs=store is not None)
-                if store is None:
-                    scored = score_each(samples, feats, context) if samples else []
-                    yield from _in_order(batch, scored)
-                else:
-                    yield from (b for b in batch if isinstance(b, Failure))
-                    if samples:
-                        store.add(samples, feats)
-                bar.update(len(batch))
-        if store is not None and store.samples:
-            yield from score_set(store.samples, store.features(), context)
-
-    def encode(
-        self,
-        samples: Sequence[Sample],
-        bank: TextBank,
-        tta: bool | str = True,
-        *,
-        refs: bool = False,
-        overrides: TTAOverrides | None = None,
-    ) -> Features | None:
-        """Encoder, text branch and TTA for the tiles of `samples` (None for no samples)."""
-        if not samples:
-            return None
-        kind = tta_kind(tta)
-        carry = None
-        if not self.settings.reset_optimizer_state:
-            carry = self._adam_carry.setdefault(f"{bank.name}|{kind}", AdamState([], []))
-        return encode(
-            self.backbone, self.encoder, tiles_of(samples, self.device), bank, self.settings,
-            seed=self.seed, tta=kind, precision=self.runtime.precision, refs=refs,
-            overrides=overrides, carry=carry, textures=self._textures,
+    ) -> Threshold:
+        """Decision thresholds from known-good images (METHOD.md P8; images or a folder),
+        scored exactly as test images will be (settings, seed, TTA, `mode`, `refs`). In a
+        set mode they form their own set, each scored against the others (leave-one-out),
+        so the threshold does not depend on the test set and can be reused. α =
+        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decisions`."""
+        items = normal_items(normals)
+        check_calibration(len(items), false_reject, confidence)
+        leave_one_out = ref_count(mode, refs) != 0
+        ident = settings_id or self.fingerprint(object_name, tta, mode, refs)
+        stream = self.iter_scored(items, object_name, tta, mode=mode, refs=refs, progress=progress)
+        return threshold_from(
+            stream, false_reject=false_reject, confidence=confidence,
+            pixel_quantile=pixel_quantile, leave_one_out=leave_one_out, settings=ident,
         )  # fmt: skip
 
 
@@ -217,10 +169,3 @@ def capped(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
         return size
     scale = max_side / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
-
-
-def _in_order(batch: Sequence[Sample | Failure], scored: list[Scored]) -> Iterator:
-    """The batch's failures and scored images, in the batch's order."""
-    results = iter(scored)
-    for item in batch:
-        yield item if isinstance(item, Failure) else next(results)

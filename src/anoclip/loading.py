@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -128,6 +129,9 @@ def _file_size(item: ImageInput) -> tuple[int, int] | None:
 
 
 def _single_thread(_: int) -> None:
-    """DataLoader workers: one thread each, and Ctrl-C is the main process's to handle."""
+    """DataLoader workers: one thread each; Ctrl-C is the main process's to handle, and a
+    worker's stderr is silenced (its errors reach the main process through the loader;
+    only teardown noise such as a broken pipe after an interrupt would be printed)."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the worker

@@ -9,11 +9,13 @@ Writing outputs and evaluating import these records only, never the pipeline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from .calibrate import Decision, Threshold, decide
+from .calibrate import ratio as score_ratio
 from .preprocess import Layout
 
 
@@ -26,6 +28,9 @@ class Prediction:
     source: the path as given, or the index of an in-memory image.
     mode: the mode that scored it ("anoclip" when a set mode fell back to single images).
     image_size: (H, W) of the image; the map is smaller when its size was capped.
+    decision: "defect" if score > t else "ok", once a threshold t was applied (else None).
+    ratio: score / t (> 1 means defect; NaN when t ≤ 0), with the decision.
+    threshold: the applied :class:`~anoclip.calibrate.Threshold` (or plain float t).
     """
 
     source: str
@@ -33,6 +38,24 @@ class Prediction:
     anomaly_map: np.ndarray
     mode: str = "anoclip"
     image_size: tuple[int, int] | None = None
+    decision: Decision | None = None
+    ratio: float | None = None
+    threshold: Threshold | float | None = field(default=None, repr=False)
+
+    def decided(self, threshold: Threshold | float) -> Prediction:
+        """A copy with `decision`, `ratio` and `threshold` filled from `threshold`."""
+        return replace(self, decision=decide(self.score, threshold),
+                       ratio=score_ratio(self.score, threshold), threshold=threshold)  # fmt: skip
+
+    @property
+    def unsupervised(self) -> bool:
+        """True when the decision comes from an unsupervised (set-based) threshold."""
+        return isinstance(self.threshold, Threshold) and self.threshold.unsupervised
+
+    def defect_mask(self) -> np.ndarray | None:
+        """`[h, w]` bool: anomaly_map > pixel threshold (None without a pixel threshold)."""
+        t_px = getattr(self.threshold, "pixel_threshold", None)
+        return None if t_px is None else self.anomaly_map > t_px
 
 
 @dataclass

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from anoclip import Detector
 from anoclip.cli import main
 from anoclip.datasets import DatasetError, Item, MaskLoader, load_dataset
-from anoclip.evaluate import EvalOptions, evaluate, subset
+from anoclip.evaluate import LF_NAMES, EvalOptions, evaluate, subset
 
 from ..conftest import REPO, evaluate_two_categories, tiny_cli
 
@@ -136,7 +136,7 @@ def test_evaluate_writes_tables_and_resumes(fast_detector, tmp_path):
     results = evaluate(fast_detector, opts, tmp_path / "ev", progress=False, log=logs.append)
     with open(tmp_path / "ev/metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == [
+    assert list(rows[0])[:8] == [
         "category",
         "image_auroc",
         "image_ap",
@@ -146,9 +146,12 @@ def test_evaluate_writes_tables_and_resumes(fast_detector, tmp_path):
         "pixel_f1max",
         "aupro",
     ]
+    assert list(rows[0])[8:] == list(LF_NAMES)  # the label-free decisions' rates
     assert [r["category"] for r in rows] == ["widget", "mean"]
     for key in rows[0]:
-        if key != "category":
+        if key.endswith("_normal"):  # no train/good in this folder: no known-good threshold
+            assert rows[0][key] == "nan"
+        elif key != "category":
             assert 0.0 <= float(rows[0][key]) <= 1.0
     with open(tmp_path / "ev/scores.csv") as f:
         scores = list(csv.DictReader(f))

@@ -1,0 +1,146 @@
+"""The data path of one loaded model: load -> encode -> score, each step a module.
+
+    inputs -> loading (Sample: tiles `[T, 3, S, S]`) -> text (TextBank, cached per object)
+        -> encode (VVEncoder, CLS views, TTA: Features) -> modes (score_each alone |
+        SetStore + score_set together: Scored, maps at model resolution `[H', W']`)
+
+:class:`Pipeline` holds what the steps need (backbone, encoder, settings, runtime, seed,
+caches) and passes it to them explicitly; :class:`~anoclip.detector.Detector` adds the
+public API on top (maps at the image's size, decisions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .encode import encode, tiles_of
+from .encoder import VVEncoder
+from .images import ImageInput
+from .loading import Preparer, as_list, batches
+from .modes import ScoringContext, SetStore, score_each, score_set
+from .prompts import is_texture, prompt_name
+from .records import Failure, Features, Sample, Scored
+from .settings import Mode, Runtime, Settings, fingerprint, ref_count, tta_kind
+from .synth import Textures
+from .text import TextBank, TextCache
+from .tta import AdamState, TTAOverrides
+
+
+class Pipeline:
+    """One loaded model and its data path (see the module docstring)."""
+
+    def __init__(self, backbone: Backbone, settings: Settings, runtime: Runtime, seed: int):
+        self.backbone, self.settings, self.runtime, self.seed = backbone, settings, runtime, seed
+        settings.token_layers(backbone.depth)  # validates layers early
+        self.encoder = VVEncoder(backbone.model.visual, settings.vv_start_layer)
+        self._preparer = Preparer(backbone.image_size, backbone.mean, backbone.std,
+                                  settings.tiling)  # fmt: skip
+        self._text = TextCache()
+        self._adam_carry: dict[str, AdamState] = {}  # AnoVL quirk mode only
+        self._textures = Textures(settings.synth_textures)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    def text_bank(self, object_name: str) -> TextBank:
+        """The (cached) prompt-ensemble embeddings for `object_name`."""
+        s = self.settings
+        name = prompt_name(object_name, s.class_names)
+        texture = is_texture(object_name, s.domain)
+        return self._text.get(self.backbone, name, texture, s.text_ensemble, s.text_tokens)
+
+    def prepare(self, item: ImageInput, index: int = 0) -> Sample:
+        """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
+        return self._preparer.prepare(item, index)
+
+    def fingerprint(
+        self,
+        object_name: str,
+        tta: bool | str = True,
+        mode: Mode = "anoclip",
+        refs: int | str | None = None,
+    ) -> dict[str, Any]:
+        """What determines this detector's scores for `object_name` (recorded in thresholds):
+        settings, model, weights (files by absolute path), seed, object, mode, refs, TTA."""
+        bb = self.backbone
+        weights = Path(bb.pretrained)
+        pretrained = str(weights.resolve()) if weights.is_file() else bb.pretrained
+        return fingerprint(
+            self.settings, model=bb.name, pretrained=pretrained, seed=self.seed,
+            object=object_name, mode=mode, refs=refs, tta=tta_kind(tta),
+        )  # fmt: skip
+
+    def iter_scored(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        object_name: str,
+        tta: bool | str = True,
+        *,
+        mode: Mode = "anoclip",
+        refs: int | str | None = None,
+        progress: bool = False,
+        skip: Iterable[int] = (),
+    ) -> Iterator[Scored | Failure]:
+        """The data path: load -> encode -> score each image alone, or the set together.
+        Yields :class:`Scored` (maps at model resolution) or :class:`Failure`; indices in
+        `skip` are not processed."""
+        kind, num_refs = tta_kind(tta), ref_count(mode, refs)
+        items = as_list(images)
+        skipped = set(skip)
+        todo = [i for i in range(len(items)) if i not in skipped]
+        bank = self.text_bank(object_name)
+        context = ScoringContext(self.settings, self.backbone.image_size, self.seed, num_refs,
+                                 self.device)  # fmt: skip
+        store = SetStore(len(todo)) if num_refs else None
+        pin = self.device.type == "cuda"
+        rt = self.runtime
+        with tqdm(total=len(todo), disable=not progress, unit="img", desc=object_name) as bar:
+            for batch in batches(self._preparer, items, todo, rt.batch_size, rt.workers, pin):
+                samples = [b for b in batch if isinstance(b, Sample)]
+                feats = self.encode(samples, bank, kind, refs=store is not None)
+                if store is None:
+                    scored = score_each(samples, feats, context) if samples else []
+                    yield from _in_order(batch, scored)
+                else:
+                    yield from (b for b in batch if isinstance(b, Failure))
+                    if samples:
+                        store.add(samples, feats)
+                bar.update(len(batch))
+        if store is not None and store.samples:
+            yield from score_set(store.samples, store.features(), context)
+
+    def encode(
+        self,
+        samples: Sequence[Sample],
+        bank: TextBank,
+        tta: bool | str = True,
+        *,
+        refs: bool = False,
+        overrides: TTAOverrides | None = None,
+    ) -> Features | None:
+        """Encoder, text branch and TTA for the tiles of `samples` (None for no samples)."""
+        if not samples:
+            return None
+        kind = tta_kind(tta)
+        carry = None
+        if not self.settings.reset_optimizer_state:
+            carry = self._adam_carry.setdefault(f"{bank.name}|{kind}", AdamState([], []))
+        return encode(
+            self.backbone, self.encoder, tiles_of(samples, self.device), bank, self.settings,
+            seed=self.seed, tta=kind, precision=self.runtime.precision, refs=refs,
+            overrides=overrides, carry=carry, textures=self._textures,
+        )  # fmt: skip
+
+
+def _in_order(batch: Sequence[Sample | Failure], scored: list[Scored]) -> Iterator:
+    """The batch's failures and scored images, in the batch's order."""
+    results = iter(scored)
+    for item in batch:
+        yield item if isinstance(item, Failure) else next(results)
