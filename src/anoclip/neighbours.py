@@ -1,0 +1,87 @@
+"""Image-level neighbours over global features `[N, D]` (L2-normalised rows): reference choice
+with a near-duplicate guard, and RsCIN smoothing of image scores.
+
+Near-duplicate guard. A reference that is (nearly) the query itself explains the query's
+defects away: with R = 1 (dual) or small k its distance is ~0 everywhere. References j with
+
+    cos(g_i, g_j) > threshold
+
+are skipped for query i, and the next most similar images are taken instead.
+
+RsCIN (MuSc, xrli-U/MuSc: models/modules/_RsCIN.py). With ŝ the min-max normalised image
+scores and W = G·Gᵀ the cosine similarities (self included, W_ii = 1), for each k keep each
+row's k largest entries (W^k), row-normalise and average:
+
+    s'_i = 1/|K| Σ_{k ∈ K} Σ_j W^k_ij ŝ_j / Σ_j W^k_ij
+
+k = 1 returns ŝ (the self weight), larger k mixes in the most similar images. MuSc uses
+K = {1, 2, 3} on MVTec AD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+RefCount = int | str  # k >= 1, or "all"
+
+
+def cosine_matrix(glob: torch.Tensor) -> torch.Tensor:
+    """`[N, D]` -> `[N, N]` cosine similarities."""
+    g = torch.nn.functional.normalize(glob.float(), dim=-1)
+    return g @ g.T
+
+
+def duplicate_mask(glob: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`[N, N]` bool: j is a near-duplicate of i (cos > threshold, i ≠ j)."""
+    dup = cosine_matrix(glob) > threshold
+    dup.fill_diagonal_(False)
+    return dup
+
+
+def nearest_references(
+    glob: torch.Tensor,
+    num_refs: RefCount,
+    exclude: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Reference indices per image: the k most similar other images by global cosine
+    (k = 1: dual), or every other image ("all"). `exclude` `[N, N]` bool (e.g. a
+    :func:`duplicate_mask`) removes candidates; a query left with none keeps the excluded
+    ones (a guard never leaves an image without references)."""
+    n = glob.shape[0]
+    if n < 2:
+        raise ValueError("every image needs at least one other image as reference")
+    sim = cosine_matrix(glob)
+    sim.fill_diagonal_(float("-inf"))
+    out = []
+    for i in range(n):
+        row = sim[i]
+        if exclude is not None and bool((~exclude[i] & torch.isfinite(row)).any()):
+            row = row.masked_fill(exclude[i], float("-inf"))
+        allowed = torch.isfinite(row)
+        if num_refs == "all":
+            out.append(allowed.nonzero()[:, 0])
+            continue
+        k = int(num_refs)
+        if k < 1:
+            raise ValueError(f"num_refs must be >= 1 or 'all', got {num_refs!r}")
+        out.append(row.topk(min(k, int(allowed.sum()))).indices)
+    return out
+
+
+def rscin(scores: torch.Tensor, glob: torch.Tensor, ks: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
+    """Image scores `[N]` smoothed over their k most similar images (see module doc)."""
+    s = scores.double()
+    span = s.max() - s.min()
+    s = (s - s.min()) / span if span > 0 else torch.zeros_like(s)
+    w = cosine_matrix(glob).double()
+    n = w.shape[0]
+    outs = []
+    for k in ks:
+        kk = max(1, min(int(k), n))
+        top = w.topk(kk, dim=1)
+        mask = torch.zeros_like(w).scatter_(1, top.indices, 1.0)
+        wk = w * mask
+        outs.append((wk @ s) / wk.sum(dim=1))
+    return torch.stack(outs).mean(dim=0).to(scores.dtype)
