@@ -112,7 +112,9 @@ def as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
 
 
 def _file_size(item: ImageInput) -> tuple[int, int] | None:
-    """(width, height) of an image file from its header, before any draft decoding."""
+    """(width, height) of a JPEG file from its header, which draft decoding may reduce
+    (None for other inputs: they are decoded whole, at their own size). The EXIF
+    orientation is read from the header too (for PNG, reading it would decode the file)."""
     if not isinstance(item, (str, os.PathLike)):
         return None
     try:
@@ -120,6 +122,8 @@ def _file_size(item: ImageInput) -> tuple[int, int] | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(item)
         with img:
+            if img.format != "JPEG":
+                return None
             width, height = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF transposes
                 width, height = height, width
