@@ -85,14 +85,7 @@ class ResultWriter:
         self.out = Path(out_dir)
         self.maps = self.out / "maps"
         scores = self.out / SCORES
-        if scores.is_file() and scores.stat().st_size > 0:
-            if resume and _header(scores) not in (SCORE_COLUMNS, BASE_COLUMNS):
-                raise ResultFolderError(
-                    f"{scores} has columns {', '.join(_header(scores))}, not those of this "
-                    "anoclip version; use another folder or --overwrite"
-                )
-            if not resume and not overwrite:
-                raise ResultFolderError(f"{self.out} holds earlier results; --overwrite")
+        check_folder(self.out, resume, overwrite)
         if overwrite:
             clear_results(self.out)
         self.maps.mkdir(parents=True, exist_ok=True)
@@ -190,6 +183,20 @@ class ResultWriter:
             height, width = pred.image_size or pred.anomaly_map.shape
             cells = decision_cells(pred.score, self.threshold)
             self._scores.row(pred.source, name, f"{pred.score:.8f}", width, height, *cells)
+
+
+def check_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Never truncate earlier results unless told to; resume only this version's columns."""
+    scores = out / SCORES
+    if not (scores.is_file() and scores.stat().st_size > 0):
+        return
+    if resume and _header(scores) not in (SCORE_COLUMNS, BASE_COLUMNS):
+        raise ResultFolderError(
+            f"{scores} has columns {', '.join(_header(scores))}, not those of this anoclip "
+            "version; use another folder or --overwrite"
+        )
+    if not resume and not overwrite:
+        raise ResultFolderError(f"{out} holds earlier results; --overwrite")
 
 
 # ---------------------------------------------------------------------------------------

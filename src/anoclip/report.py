@@ -572,24 +572,7 @@ def write_report(
     else:
         table = []
 
-    cards = [
-        {
-            "index": i,
-            "name": row.name,
-            "score": float(row.score),
-            "ratio": None if row.ratio is None or not math.isfinite(row.ratio) else row.ratio,
-            "decision": row.decision,
-            "label": row.label,
-            "truth": row.truth,
-            "wrong": row.truth is not None
-            and row.decision is not None
-            and row.truth != (row.decision == "defect"),
-            "thumb": out.thumb,
-            "tw": out.thumb_size[0],
-            "th": out.thumb_size[1],
-        }
-        for i, (row, out) in enumerate(zip(rows, rendered))
-    ]
+    cards = [_card(i, row, out) for i, (row, out) in enumerate(zip(rows, rendered))]
     decisions = [r.decision for r in rows]
     html = (
         _environment()
@@ -622,11 +605,29 @@ def write_report(
             pred_colour=list(PRED_COLOUR),
         )
     )
-    out = Path(out_dir)
+    return _write_atomic(Path(out_dir), filename, html)
+
+
+def _card(index: int, row: ReportRow, out: _Rendered) -> dict[str, Any]:
+    """One card of the gallery (what the template shows of a row)."""
+    ratio = None if row.ratio is None or not math.isfinite(row.ratio) else row.ratio
+    wrong = (
+        row.truth is not None
+        and row.decision is not None
+        and row.truth != (row.decision == "defect")
+    )
+    return {
+        "index": index, "name": row.name, "score": float(row.score), "ratio": ratio,
+        "decision": row.decision, "label": row.label, "truth": row.truth, "wrong": wrong,
+        "thumb": out.thumb, "tw": out.thumb_size[0], "th": out.thumb_size[1],
+    }  # fmt: skip
+
+
+def _write_atomic(out: Path, filename: str, text: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / filename
     tmp = out / f".{filename}.tmp"
-    tmp.write_text(html, encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
