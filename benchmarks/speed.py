@@ -39,17 +39,21 @@ IMAGES = str(SHARED / "data" / "mvtec_ad" / "screw" / "test" / "*" / "*.png")
 
 def naive_predict(backbone, path: str, object_name: str, seed: int = 0):
     """One image, the reference way. Returns (score, map at the image's size)."""
-    from anoclip.detector import Preparer
+    from anoclip.loading import Preparer
     from anoclip.encoder import VVEncoder
     from anoclip.preprocess import resize_map
     from anoclip.prompts import sentences
-    from anoclip.scoring import anomaly_prob, patch_map
+    from anoclip.scoring import patch_map, probs_from_cosines, text_cosines
     from anoclip.settings import Settings
     from anoclip.tta import draw_noise, init_adapter
     from anoclip.views import augmented_views
 
     settings = Settings()
-    sample = Preparer(backbone, settings).prepare(path)
+    sample = Preparer(backbone.image_size, backbone.mean, backbone.std).prepare(path)
+
+    def anomaly_prob(emb, feats, tau):
+        return probs_from_cosines(text_cosines(emb, feats), tau)
+
     model = backbone.model
     # text, encoded again for every image
     with torch.no_grad():
