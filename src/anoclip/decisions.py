@@ -98,14 +98,3 @@ def decide_all(
             settings=settings_id,
         )  # fmt: skip
     return [p.decided(threshold) for p in predictions]
-
-
-def _check_calibration(count: int, false_reject: float, confidence: float) -> None:
-    """Fail before any scoring: too few normals, or levels outside (0, 1)."""
-    if count < MIN_NORMALS:
-        raise CalibrationError(
-            f"need at least {MIN_NORMALS} known-good images to set a threshold, got {count}"
-        )
-    for name, value in (("false-reject rate", false_reject), ("confidence", confidence)):
-        if not 0.0 < float(value) < 1.0:
-            raise CalibrationError(f"{name} must be in (0, 1), got {value}")

@@ -21,6 +21,7 @@ import torch
 from .backbone import Backbone, load_backbone
 from .calibrate import DEFAULT_CONFIDENCE, DEFAULT_FALSE_REJECT, Threshold
 from .decisions import check_calibration, decide_all, normal_items, threshold_from
+from .engine_helper import capped_size as capped
 from .errors import ImageDecodeError, UsageError
 from .images import ImageInput
 from .pipeline import Pipeline
@@ -160,12 +161,3 @@ class Detector(Pipeline):
             stream, false_reject=false_reject, confidence=confidence,
             pixel_quantile=pixel_quantile, leave_one_out=leave_one_out, settings=ident,
         )  # fmt: skip
-
-
-def capped(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    """(H, W) scaled down so that its longest side is at most `max_side` (None: as is)."""
-    h, w = size
-    if not max_side or max(h, w) <= max_side:
-        return size
-    scale = max_side / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
