@@ -28,7 +28,10 @@ def test_preprocess_equals_to_tensor(size):
 def test_resize_map_equals_torch(size):
     m = np.random.default_rng(1).random((240, 240), dtype=np.float32)
     want = resize_map(torch.from_numpy(m), size).numpy()
-    assert np.abs(h.resize_map(m, size) - want).max() <= 2e-7
+    # ≤ 2e-7 against torch's vectorised kernels (AVX2 / AVX-512); its scalar kernel
+    # (ATEN_CPU_CAPABILITY=default) rounds the float32 source index differently: 7.2e-6
+    # measured, so the bar is 2e-5 (the export contract is 1e-4).
+    assert np.abs(h.resize_map(m, size) - want).max() <= 2e-5
 
 
 def test_postprocess_clips_and_capped_size_by_hand():
