@@ -262,10 +262,11 @@ def run_ray(
     _check_set_mode(mode, references)
     if batch_size < 1:
         raise UsageError("batch_size must be >= 1")
+    out = Path(out_dir)
+    _check_folder(out, resume, overwrite)  # every refusal before Ray is needed
     ray = require("ray", "ray", "running on Ray")
     require("ray.data", "ray", "running on Ray")
-    out = Path(out_dir)
-    _prepare_folder(out, resume, overwrite)
+    _prepare_folder(out, overwrite)
     sources = [str(p) for p in paths]
     names = output_names([Path(p) for p in sources])
     done = read_finished(out / SCORES)
@@ -425,15 +426,19 @@ def _plan_actors(
     return gpus, num_actors
 
 
-def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
+def _check_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse before anything is written: both flags, or earlier results with neither."""
     if resume and overwrite:
         raise UsageError("resume and overwrite exclude each other")
     scores = out / SCORES
+    if not (resume or overwrite) and scores.is_file() and scores.stat().st_size > 0:
+        raise ResultFolderError(f"{out} holds earlier results; resume=True or overwrite=True")
+
+
+def _prepare_folder(out: Path, overwrite: bool) -> None:
     if overwrite:
         clear_results(out)
         (out / PARQUET).unlink(missing_ok=True)
-    elif scores.is_file() and scores.stat().st_size > 0 and not resume:
-        raise ResultFolderError(f"{out} holds earlier results; resume=True or overwrite=True")
     (out / "maps").mkdir(parents=True, exist_ok=True)
 
 
