@@ -12,13 +12,7 @@ name that needs it, so ``anoclip --help`` answers at once.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("anoclip")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -76,6 +70,14 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # importlib.metadata is slow to import: on first use only
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            globals()[name] = version("anoclip")
+        except PackageNotFoundError:  # a source tree that is not installed
+            globals()[name] = "0+unknown"
+        return globals()[name]
     if name in _EXPORTS:
         value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value

@@ -47,6 +47,7 @@ from .settings import (
     Runtime,
     Settings,
     TTAKind,
+    ViewEngine,
     choices,
     differing_fields,
     fingerprint,
@@ -182,7 +183,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--batch-size", type=int, default=Runtime.batch_size)
-    p.add_argument("--precision", default="fp32", choices=choices(Precision), help="CUDA only")
+    p.add_argument(
+        "--precision",
+        default=Runtime.precision,
+        choices=choices(Precision),
+        help="fp16: CUDA; bf16: CUDA or CPU; int8: CPU views (all but fp32 move scores slightly)",
+    )
+    p.add_argument(
+        "--view-engine",
+        default=Runtime.view_engine,
+        choices=choices(ViewEngine),
+        help="what runs the 21 augmented views (openvino: CPU, pip install anoclip[export])",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="image decoding workers")
     p.add_argument(
@@ -276,6 +288,7 @@ class Plan:
                 "workers": args.workers,
                 "device": args.device,
                 "precision": args.precision,
+                "view_engine": args.view_engine,
                 **run,
             }
         )

@@ -6,7 +6,11 @@
         -> frozen visual tokens for the references `[T, nR, L, C]` (optional)
 
 Plain functions with explicit parameters; the :class:`~anoclip.detector.Detector` only
-passes them what it holds. AMP policy: half precision applies on CUDA only.
+passes them what it holds. Precision policy (`Runtime.precision`): "fp16"/"bf16" autocast on
+CUDA; "bf16" autocast on the CPU too (AVX512-BF16 / AMX kernels where the CPU has them);
+"int8": dynamic int8 Linear layers for the plain tower on the CPU (:mod:`anoclip.plain`;
+encoder and TTA stay float32). "fp32" is the default; the reduced precisions are opt-in
+and move scores and maps (benchmarks/speed.py prints by how much).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from .backbone import Backbone
 from .encoder import VVEncoder
+from .plain import PlainForward
 from .records import Features, Sample
 from .scoring import l2_normalize, text_cosines
 from .settings import Precision, Settings, TTAKind
@@ -35,8 +40,11 @@ def tiles_of(samples: Sequence[Sample], device: torch.device) -> torch.Tensor:
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    """Autocast for half precision on CUDA; a no-op on the CPU or in fp32."""
-    if device.type != "cuda" or precision == "fp32":
+    """Autocast for "fp16"/"bf16" on CUDA and "bf16" on the CPU; a no-op otherwise
+    (fp32, int8, fp16 on the CPU)."""
+    if precision == "bf16" and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if device.type != "cuda" or precision not in ("fp16", "bf16"):
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast("cuda", dtype=dtype)
@@ -56,11 +64,14 @@ def encode(
     overrides: TTAOverrides | None = None,
     carry: AdamState | None = None,
     textures: Textures | None = None,
+    plain: PlainForward | None = None,
 ) -> Features:
     """Encoder + text branch (+ TTA of kind `tta`) for tiles `x` `[T, 3, S, S]`.
 
     refs: also return the frozen visual-branch tokens. overrides: fixed TTA weights and
     noise (testing). carry: AdamW moments shared across calls (AnoVL quirk mode).
+    plain: what runs the 21 augmented views (:func:`anoclip.plain.plain_forward`; default
+    open_clip's own forward).
     """
     s = settings
     layers = s.token_layers(encoder.depth)
@@ -70,7 +81,8 @@ def encode(
     feats = bank.features.to(x.device)
     with torch.inference_mode(), autocast(x.device, precision):
         enc = encoder(x, vv_layers, ori_layers)
-        cls_cos = cls_cosines(backbone, x, enc.cls, feats, s.image_score == "cls_aug22")
+        views = s.image_score == "cls_aug22"
+        cls_cos = cls_cosines(backbone, x, enc.cls, feats, views, plain)
     tokens = torch.stack([enc.vv[layer].float() for layer in layers], dim=1)  # [T, nL, L, C]
     n_tiles, n_layers, length, dim = tokens.shape
     tokens = tokens.reshape(n_tiles * n_layers, length, dim)
@@ -94,17 +106,25 @@ def encode(
 
 
 def cls_cosines(
-    backbone: Backbone, x: torch.Tensor, cls: torch.Tensor, feats: torch.Tensor, views: bool
+    backbone: Backbone,
+    x: torch.Tensor,
+    cls: torch.Tensor,
+    feats: torch.Tensor,
+    views: bool,
+    plain: PlainForward | None = None,
 ) -> torch.Tensor:
     """Text cosines of the CLS per tile and view `[T, V, 2]`: the identity view's CLS
-    (V = 1), plus the 21 augmented views through the plain tower when `views` (V = 22)."""
+    (V = 1), plus the 21 augmented views through the plain tower when `views` (V = 22),
+    `VIEW_CHUNK` views per call of `plain` (images `[B, 3, S, S]` -> CLS `[B, C]`, see
+    :func:`anoclip.plain.plain_forward`; default: open_clip's own ``visual``)."""
     if not views:
         return text_cosines(cls.float().unsqueeze(1), feats)
     augmented = augmented_views(x)[:, 1:]  # the identity view's CLS is `cls`
     n, v = augmented.shape[:2]
     flat = augmented.reshape(n * v, *augmented.shape[2:])
-    embs = torch.cat([backbone.model.visual(chunk) for chunk in flat.split(VIEW_CHUNK)])
-    all_cls = torch.cat([cls.unsqueeze(1), embs.view(n, v, -1)], dim=1)
+    forward = plain or backbone.model.visual
+    embs = torch.cat([forward(chunk) for chunk in flat.split(VIEW_CHUNK)])
+    all_cls = torch.cat([cls.unsqueeze(1), embs.view(n, v, -1).to(cls.dtype)], dim=1)
     return text_cosines(all_cls.float(), feats)
 
 

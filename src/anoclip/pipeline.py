@@ -24,6 +24,7 @@ from .encoder import VVEncoder
 from .images import ImageInput
 from .loading import Preparer, as_list, batches
 from .modes import ScoringContext, SetStore, score_each, score_set
+from .plain import PlainForward, plain_forward
 from .prompts import is_texture, prompt_name
 from .records import Failure, Features, Sample, Scored
 from .settings import Mode, Runtime, Settings, fingerprint, ref_count, tta_kind
@@ -44,10 +45,21 @@ class Pipeline:
         self._text = TextCache()
         self._adam_carry: dict[str, AdamState] = {}  # AnoVL quirk mode only
         self._textures = Textures(settings.synth_textures)
+        self._plain_forward: PlainForward | None = None  # built on first use
 
     @property
     def device(self) -> torch.device:
         return self.backbone.device
+
+    def _plain(self) -> PlainForward | None:
+        """The 21 augmented views' tower (:mod:`anoclip.plain`), built once when needed."""
+        if self.settings.image_score != "cls_aug22":
+            return None
+        if self._plain_forward is None:
+            rt = self.runtime
+            self._plain_forward = plain_forward(self.backbone.model.visual, rt.precision,
+                                                self.device, rt.view_engine)  # fmt: skip
+        return self._plain_forward
 
     def text_bank(self, object_name: str) -> TextBank:
         """The (cached) prompt-ensemble embeddings for `object_name`."""
@@ -135,7 +147,7 @@ class Pipeline:
         return encode(
             self.backbone, self.encoder, tiles_of(samples, self.device), bank, self.settings,
             seed=self.seed, tta=kind, precision=self.runtime.precision, refs=refs,
-            overrides=overrides, carry=carry, textures=self._textures,
+            overrides=overrides, carry=carry, textures=self._textures, plain=self._plain(),
         )  # fmt: skip
 
 

@@ -34,7 +34,8 @@ AdapterKind = Literal["text", "linear"]
 NoiseMode = Literal["gaussian", "masked"]
 ClassNames = Literal["clean", "verbatim"]
 Domain = Literal["auto", "object", "texture"]
-Precision = Literal["fp32", "fp16", "bf16"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+ViewEngine = Literal["fused", "open_clip", "openvino"]
 Tiling = Literal["none", "auto", "two_tile"]
 TextEnsemble = Literal["anovl", "normalized"]
 Pairing = Literal["cls_nn", "matching", "random"]
@@ -196,18 +197,29 @@ class Runtime:
 
     batch_size: images encoded together. workers: DataLoader processes decoding image files
     (None: 1 when there is more than one batch of files, else 0). device: None picks CUDA
-    when present. precision: autocast dtype on CUDA ("fp32" everywhere else).
+    when present. precision: "fp32" (default); "fp16"/"bf16" autocast on CUDA, "bf16"
+    autocast on the CPU too; "int8" dynamic int8 Linear layers for the 21 augmented views
+    on the CPU. Reduced precisions move scores and maps slightly (benchmarks/speed.py).
+    view_engine: what runs the 21 augmented views of the 22-view image score (see
+    :mod:`anoclip.plain`): "fused" (default), "open_clip" (the tower's own forward), or
+    "openvino" (CPU; optional extra ``export``).
     """
 
     batch_size: int = 8
     workers: int | None = None
     device: str | None = None
     precision: Precision = "fp32"
+    view_engine: ViewEngine = "fused"
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(self.workers is None or self.workers >= 0, "workers must be >= 0")
         _check(self.precision in choices(Precision), f"precision={self.precision!r}")
+        _check(self.view_engine in choices(ViewEngine), f"view_engine={self.view_engine!r}")
+        _check(
+            self.precision != "int8" or self.view_engine == "fused",
+            "precision='int8' needs view_engine='fused'",
+        )
 
     @classmethod
     def names(cls) -> list[str]:

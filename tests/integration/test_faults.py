@@ -172,7 +172,14 @@ def test_random_weights_are_the_same_in_two_processes(images, tiny_config, tmp_p
 def test_sigint_during_start_up(images, tiny_config, tmp_path):
     proc = start_cli("detect", images, "--object", "screw", "--out", tmp_path / "o",
                      *tiny_cli(tiny_config))  # fmt: skip
-    time.sleep(1.0)  # importing torch / loading the model
+    # inside main(), importing torch / loading the model: a fixed sleep could land before
+    # the interpreter has started (a loaded CI machine), where any Python program shows
+    # KeyboardInterrupt's traceback
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if "libtorch" in maps.read_text():
+            break
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err

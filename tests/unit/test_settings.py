@@ -10,9 +10,11 @@ from anoclip.cli import build_parser
 from anoclip.errors import AnoclipError, UnknownSettingError, UsageError
 from anoclip.settings import (
     Mode,
+    Precision,
     Runtime,
     Settings,
     TTAKind,
+    ViewEngine,
     apply,
     choices,
     differing_fields,
@@ -27,6 +29,17 @@ def test_choices_come_from_the_literals():
     by_dest = {a.dest: a for a in detect._actions}
     assert tuple(by_dest["mode"].choices) == choices(Mode)
     assert tuple(by_dest["tta"].choices) == choices(TTAKind)
+    assert tuple(by_dest["precision"].choices) == choices(Precision)
+    assert tuple(by_dest["view_engine"].choices) == choices(ViewEngine)
+
+
+def test_runtime_refuses_int8_outside_the_fused_views():
+    assert Runtime(precision="int8").view_engine == "fused"
+    for engine in ("open_clip", "openvino"):
+        with pytest.raises(UsageError, match="int8.*fused"):
+            Runtime(precision="int8", view_engine=engine)
+    with pytest.raises(UsageError, match="view_engine"):
+        Runtime(view_engine="torch")
 
 
 @pytest.mark.parametrize(
