@@ -318,6 +318,10 @@ def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
         "bf16": lambda: a16 @ b16,
         "int8": lambda: q8(a),
     }
+    from anoclip.encode import cpu_has_bf16
+
+    if not cpu_has_bf16():  # hundreds of times slower than fp32: not timed
+        del calls["bf16"]
     rates = {}
     with torch.inference_mode():
         for name, call in calls.items():
@@ -326,6 +330,16 @@ def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
             rates[name] = 2 * n**3 / best
     rates["fp32"] = max(rates["fp32_mkl"], rates["fp32_onednn"])
     return rates
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def _timed(call) -> float:
@@ -402,6 +416,11 @@ def available(cfg: Config) -> str | None:
         need = ["anomalib"]
     import importlib.util
 
+    if cfg.options.get("precision") == "bf16":
+        from anoclip.encode import cpu_has_bf16
+
+        if not cpu_has_bf16():
+            return "not supported: this CPU has no bf16 kernels (AVX512 / AMX); anoclip refuses it"
     missing = [m for m in need if importlib.util.find_spec(m) is None]
     if not missing:
         return None
@@ -427,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {c.name: why for c in configs if (why := available(c))}
     configs = [c for c in configs if c.name not in skipped]
     start_run = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {args.model}; "
+    print(f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()} kernels); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {args.model}; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")  # fmt: skip
     rates = matmul_rates()
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,4 +1,4 @@
-"""The `anoclip` command line: `anoclip detect` and `anoclip evaluate`.
+"""The `anoclip` command line: `anoclip detect`, `anoclip evaluate` and `anoclip export`.
 
 Arguments are parsed and validated — settings, inputs, the output folder, a resumed run's
 fingerprint — before torch and open_clip are imported and before anything is written, so
@@ -11,6 +11,11 @@ images scored in the same mode and settings (in dual/mutual mode as their own se
 leave-one-out), ``--threshold FILE`` reuses a threshold.json whose settings fingerprint
 matches, and without either the unsupervised rule decides once every image is scored.
 A resumed folder keeps its own calibrated threshold.json unless told otherwise.
+
+Deployment (:mod:`anoclip.cli_deploy` validates): `anoclip export` writes the single-image
+zero-shot scorer as an ONNX / OpenVINO file; `detect --engine FILE` scores with such a file
+(same outputs; mode anoclip without TTA); `detect --ray [ADDRESS]` scores on a Ray cluster
+(:func:`anoclip.ray_runner.run_ray`), then decides and reports as a local run.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ from typing import Any
 from tqdm import tqdm
 
 from . import __version__
+from .cli_deploy import (
+    EnginePlan,
+    RayPlan,
+    add_engine_args,
+    add_export_args,
+    add_ray_args,
+    engine_plan,
+    export_plan,
+    ray_plan,
+)
 from .errors import (
     AnoclipError,
     AnoclipWarning,
@@ -102,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest side of the written maps in pixels (default 2048; 0: the image's size)",
     )
     add_decision_args(det)
-    det.set_defaults(func=run_detect)
+    add_visual_args(det)
+    add_engine_args(det)
+    add_ray_args(det)
+    det.set_defaults(func=run_detect, tta=None)  # None: not given (--engine refuses a given one)
 
     ev = sub.add_parser("evaluate", help="metrics on a labelled test set (MVTec AD, VisA, folder)")
     ev.add_argument("--dataset", required=True, choices=("mvtec", "visa", "folder"))
@@ -129,7 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="target false-reject rate of the thresholds calibrated on each category's "
         "train/good images, in (0, 1) (default 0.01)",
     )
+    add_visual_args(ev, evaluate=True)
     ev.set_defaults(func=run_evaluate)
+
+    exp = sub.add_parser(
+        "export", help="write the single-image zero-shot scorer as an ONNX or OpenVINO file"
+    )
+    add_export_args(exp)
+    add_model_args(exp)
+    # Plan's other inputs: an export is the single-image scorer without TTA
+    exp.set_defaults(func=run_export, mode="anoclip", refs=None, tta="none", no_tta=False,
+                     visual_backbone=None, visual_pretrained=None)  # fmt: skip
     return parser
 
 
@@ -207,6 +235,117 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors too")
 
 
+def add_visual_args(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
+    """The visual feature source and banks of known-good images (:mod:`anoclip.visual_branch`)."""
+    g = p.add_argument_group("visual references (feature source, banks of known-good images)")
+    g.add_argument(
+        "--visual-backbone",
+        default=None,
+        metavar="SPEC",
+        help="visual-branch features: clip (default) or timm:<model name>, e.g. "
+        "timm:tf_efficientnet_lite0 (needs --visual-pretrained)",
+    )
+    g.add_argument(
+        "--visual-pretrained", default=None, metavar="FILE", help="local checkpoint of a timm one"
+    )
+    if evaluate:
+        g.add_argument(
+            "--train-bank",
+            action="store_true",
+            help="each category's train/good images form its bank of known-good patches "
+            "(its label-free 'normal' threshold is then not computed)",
+        )
+        return
+    g.add_argument(
+        "--bank-images",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="known-good images (folder or file; repeatable) whose patches every input is "
+        "matched against (alone in anoclip mode, with the references in dual/mutual); "
+        "keep them apart from --normal, which calibrates the threshold",
+    )
+    g.add_argument("--bank", default=None, metavar="FILE", help="a bank saved by --save-bank")
+    g.add_argument(
+        "--save-bank", default=None, metavar="FILE", help="save the --bank-images bank to FILE"
+    )
+
+
+@dataclasses.dataclass
+class BankPlan:
+    """Where the bank of known-good patches comes from: `images` or a saved `file`."""
+
+    images: list[Path] = dataclasses.field(default_factory=list)
+    file: Path | None = None
+    save: Path | None = None
+
+    @property
+    def used(self) -> bool:
+        return bool(self.images) or self.file is not None
+
+    def identity(self) -> dict[str, Any]:
+        """The fingerprint entry of the bank (absent without one)."""
+        if self.file is not None:
+            return {"bank": str(self.file.resolve())}
+        if self.images:
+            return {"bank": sorted(str(p.resolve()) for p in self.images)}
+        return {}
+
+    def load(self, det: Any, object_name: str) -> Any:
+        """Build (and save) or load the bank with the loaded detector; None without one."""
+        if self.file is not None:
+            return det.load_bank(self.file, object_name)
+        if not self.images:
+            return None
+        print(f"anoclip: bank of {len(self.images)} known-good image(s)", file=sys.stderr)
+        bank = det.build_bank([str(p) for p in self.images], object_name)
+        if self.save is not None:
+            bank.save(self.save)
+            print(f"anoclip: bank saved to {self.save}", file=sys.stderr)
+        return bank
+
+
+def plan_bank(args: argparse.Namespace) -> BankPlan:
+    """--bank-images / --bank / --save-bank -> BankPlan (validated, no torch)."""
+    images_arg, file_arg = getattr(args, "bank_images", []), getattr(args, "bank", None)
+    save_arg = getattr(args, "save_bank", None)
+    if images_arg and file_arg:
+        raise UsageError("--bank-images and --bank exclude each other: build a bank, or load one")
+    if save_arg and not images_arg:
+        raise UsageError("--save-bank needs --bank-images DIR (the images it saves)")
+    if file_arg:
+        if not Path(file_arg).is_file():
+            raise UsageError(f"--bank {file_arg}: no such file")
+        return BankPlan(file=Path(file_arg))
+    if not images_arg:
+        return BankPlan()
+    images = expand_inputs(images_arg)
+    if not images:
+        raise UsageError(f"--bank-images {' '.join(images_arg)}: no images found")
+    normals = {p.resolve() for p in expand_inputs(getattr(args, "normal", []) or [])}
+    shared = [p for p in images if p.resolve() in normals]
+    if shared:
+        raise UsageError(
+            f"--normal and --bank-images share {len(shared)} image(s) (e.g. {shared[0]}): a "
+            "bank image matches itself, so it would calibrate the threshold too low; split them"
+        )
+    return BankPlan(images, save=Path(save_arg) if save_arg else None)
+
+
+def visual_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """--visual-backbone / --visual-pretrained over --set (validated; the file must exist)."""
+    values = {}
+    backbone = getattr(args, "visual_backbone", None)  # absent: a command without the flags
+    pretrained = getattr(args, "visual_pretrained", None)
+    if backbone is not None:
+        values["visual_backbone"] = backbone
+    if pretrained is not None:
+        if not Path(pretrained).is_file():
+            raise UsageError(f"--visual-pretrained {pretrained}: no such file")
+        values["visual_pretrained"] = pretrained
+    return dataclasses.replace(settings, **values) if values else settings
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -245,7 +384,7 @@ def _parse_value(raw: str, default: object, key: str) -> object:
 
 
 def tta_arg(args: argparse.Namespace) -> str:
-    return "none" if args.no_tta else args.tta
+    return "none" if args.no_tta else (args.tta or "noise")
 
 
 def refs_arg(args: argparse.Namespace) -> int | str | None:
@@ -292,9 +431,23 @@ class Plan:
                 **run,
             }
         )
+        self.settings = visual_settings(self.settings, args)
         self.tta = tta_arg(args)
         self.refs = refs_arg(args)
         self.seed = args.seed
+        self.bank = plan_bank(args)
+        has_bank = self.bank.used or getattr(args, "train_bank", False)
+        alone = getattr(args, "mode", "anoclip") == "anoclip"
+        if self.settings.fusion == "visual" and alone and not has_bank:
+            raise UsageError(
+                "fusion=visual needs visual references: --mode dual/mutual, or a bank "
+                "(--bank-images DIR, --bank FILE)"
+            )
+        if self.settings.visual_backbone != "clip" and alone and not has_bank:
+            _warn(
+                f"--visual-backbone {self.settings.visual_backbone} is unused: anoclip mode "
+                "without a bank has no visual references (--mode dual/mutual, --bank-images DIR)"
+            )
 
     def detector(self, args: argparse.Namespace):
         """Load the model stack (the first import of torch) and build the Detector."""
@@ -310,35 +463,53 @@ class Plan:
 def run_detect(args: argparse.Namespace) -> int:
     plan = Plan(args)
     paths = detect_inputs(args)
-    model, pretrained = model_identity(args)
-    finger = fingerprint(
-        plan.settings, model=model, pretrained=pretrained, seed=plan.seed, object=args.object,
-        mode=args.mode, refs=plan.refs, tta=plan.tta, max_map_side=args.max_map_side,
-    )  # fmt: skip
+    engine = engine_plan(args, plan.settings, plan.runtime)
+    ray = ray_plan(args)
+    if engine is not None:
+        plan.tta = "none"
+    finger = detect_fingerprint(args, plan, engine, ray)
     thr_id = threshold_id(finger)
     decisions = plan_decisions(args, thr_id)
     out = Path(args.out)
     check_output_folder(out, args.resume, args.overwrite, finger)
     decisions = resumed_decisions(decisions, out, args.resume, thr_id)
+    if ray is not None:
+        return detect_on_ray(args, plan, ray, paths, finger, decisions)
 
     from .outputs import ResultWriter  # the stack loads from here on
 
-    det = plan.detector(args)
+    det = load_engine(engine, plan) if engine else plan.detector(args)
+    bank = plan.bank.load(det, args.object)
     threshold = decisions.threshold
     if decisions.normals:
-        threshold = calibrate_on_normals(det, decisions, args, plan, thr_id)
+        threshold = calibrate_on_normals(det, decisions, args, plan, thr_id, bank)
     started = time.perf_counter()
-    info = {**run_info(args, det, finger), "decisions": decisions.describe()}
+    base = engine_run_info(args, engine, det, finger) if engine else run_info(args, det, finger)
+    info = {**base, "decisions": decisions.describe()}
     with ResultWriter(out, resume=args.resume, overwrite=args.overwrite,
                       overlays=not args.no_overlay, threshold=threshold) as writer:  # fmt: skip
         writer.write_run_info(info)
-        count, skipped, modes = score_all(writer, det, args, plan, paths)
+        count, skipped, modes = score_all(writer, det, args, plan, paths, bank)
         errors = writer.num_errors
         if modes:
             writer.write_run_info({**info, "modes_used": sorted(modes)})
     elapsed = time.perf_counter() - started
     final, rows = writer.finalize(thr_id)
     page = write_detect_report(out, rows, final, info, args)
+    print_done(out, (count, skipped, errors), elapsed, rows, final, page)
+    return 1 if errors else 0
+
+
+def print_done(
+    out: Path,
+    counts: tuple[int, int, int],
+    elapsed: float,
+    rows: Sequence[dict],
+    final: Any,
+    page: Path | None,
+) -> None:
+    """The closing log line of `anoclip detect`; counts: (scored, skipped, unreadable)."""
+    count, skipped, errors = counts
     print(
         f"anoclip: scored {count} image(s) in {elapsed:.1f} s"
         + (f", skipped {skipped} already done" if skipped else "")
@@ -353,7 +524,24 @@ def run_detect(args: argparse.Namespace) -> int:
             f"·1.4826·MAD of these {len(rows)} scores): no false-reject guarantee, and it "
             "misses defects unless they are a minority; pass --normal DIR of known-good images"
         )
-    return 1 if errors else 0
+
+
+def detect_fingerprint(
+    args: argparse.Namespace, plan: Plan, engine: EnginePlan | None, ray: RayPlan | None
+) -> dict:
+    """What determines the results in --out (a resumed run must match it): settings and
+    identity; an --engine file's own fingerprint and metadata; --ray's fixed references."""
+    if engine is not None:
+        return engine.fingerprint(args.max_map_side)
+    model, pretrained = model_identity(args)
+    finger = fingerprint(
+        plan.settings, model=model, pretrained=pretrained, seed=plan.seed, object=args.object,
+        mode=args.mode, refs=plan.refs, tta=plan.tta, max_map_side=args.max_map_side,
+        **plan.bank.identity(),
+    )  # fmt: skip
+    if ray is not None and ray.references is not None:
+        finger["references"] = list(ray.references)
+    return finger
 
 
 def detect_inputs(args: argparse.Namespace) -> list[Path]:
@@ -373,7 +561,12 @@ def detect_inputs(args: argparse.Namespace) -> list[Path]:
 
 
 def score_all(
-    writer: Any, det: Any, args: argparse.Namespace, plan: Plan, paths: Sequence[Path]
+    writer: Any,
+    det: Any,
+    args: argparse.Namespace,
+    plan: Plan,
+    paths: Sequence[Path],
+    bank: Any = None,
 ) -> tuple[int, int, set[str]]:
     """Score the inputs not yet in the writer's folder; returns (scored, skipped, modes)."""
     names = output_names(paths)
@@ -382,7 +575,7 @@ def score_all(
     count, modes = 0, set()
     stream = det.iter_predict(
         list(index_of), args.object, plan.tta, mode=args.mode, refs=plan.refs,
-        progress=True, skip=skip, max_map_side=args.max_map_side or None,
+        progress=True, skip=skip, max_map_side=args.max_map_side or None, bank=bank,
     )  # fmt: skip
     for item in stream:
         if hasattr(item, "reason"):
@@ -425,8 +618,10 @@ class Decisions:
 
 def threshold_id(finger: dict) -> dict:
     """The fingerprint a threshold is calibrated under: the run's, less what only shapes
-    the written files (--max-map-side), so a threshold.json is reusable across them."""
-    return {k: v for k, v in finger.items() if k != "max_map_side"}
+    the written files (--max-map-side) or runs the same scores (an --engine file's
+    metadata), so a threshold.json is reusable across them — and between an exported file
+    and PyTorch with the settings it was exported with (``--tta none``, its image score)."""
+    return {k: v for k, v in finger.items() if k not in ("max_map_side", "engine")}
 
 
 def false_reject_arg(raw: str | None) -> float:
@@ -504,7 +699,12 @@ def resumed_decisions(decisions: Decisions, out: Path, resume: bool, thr_id: dic
 
 
 def calibrate_on_normals(
-    det: Any, decisions: Decisions, args: argparse.Namespace, plan: Plan, thr_id: dict
+    det: Any,
+    decisions: Decisions,
+    args: argparse.Namespace,
+    plan: Plan,
+    thr_id: dict,
+    bank: Any = None,
 ) -> Any:
     """The threshold from the --normal images, scored in the run's mode and settings."""
     if args.mode != "anoclip" and plan.settings.fusion == "batch_z":
@@ -515,7 +715,7 @@ def calibrate_on_normals(
     print(f"anoclip: calibrating on {len(decisions.normals)} known-good image(s)", file=sys.stderr)
     threshold = det.calibrate(
         [str(p) for p in decisions.normals], args.object, decisions.false_reject, plan.tta,
-        mode=args.mode, refs=plan.refs, settings_id=thr_id, progress=True,
+        mode=args.mode, refs=plan.refs, settings_id=thr_id, progress=True, bank=bank,
     )  # fmt: skip
     inputs = {**threshold.inputs, "normal_inputs": [str(Path(d).resolve()) for d in args.normal]}
     return dataclasses.replace(threshold, inputs=inputs)
@@ -617,6 +817,159 @@ def run_info(args: argparse.Namespace, det: Any, finger: dict) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- engine, ray
+
+
+def load_engine(engine: EnginePlan, plan: Plan) -> Any:
+    """The exported file's :class:`~anoclip.engine.Engine` (imports its runtime)."""
+    from .engine import Engine
+
+    return Engine(engine.path, batch_size=plan.runtime.batch_size)
+
+
+def engine_run_info(args: argparse.Namespace, engine: EnginePlan, det: Any, finger: dict) -> dict:
+    """run.json of an --engine run: the file and its metadata in place of the model's."""
+    return {
+        "anoclip": __version__,
+        "command": " ".join(sys.argv),
+        "fingerprint": finger,
+        **engine.run_info(),
+        "object": args.object,
+        "mode": "anoclip",
+        "refs": None,
+        "tta": "none",
+        "runtime": {"batch_size": det.batch_size, "device": "cpu"},
+    }
+
+
+def detect_on_ray(
+    args: argparse.Namespace,
+    plan: Plan,
+    ray: RayPlan,
+    paths: Sequence[Path],
+    finger: dict,
+    decisions: Decisions,
+) -> int:
+    """`anoclip detect --ray`: the inputs scored by :func:`~anoclip.ray_runner.run_ray`
+    (maps and commit log in --out), then decided, thresholded and reported as a local run."""
+    from .outputs import ResultWriter, clear_results  # the stack loads from here on
+    from .ray_runner import PARQUET
+
+    out = Path(args.out)
+    if args.overwrite:  # here, so run.json below survives (run_ray then only resumes)
+        clear_results(out)
+        (out / PARQUET).unlink(missing_ok=True)
+    thr_id = threshold_id(finger)
+    threshold = decisions.threshold
+    if decisions.normals:
+        threshold = calibrate_on_normals(plan.detector(args), decisions, args, plan, thr_id)
+    info = {**ray_run_info(args, plan, ray, finger), "decisions": decisions.describe()}
+    write_json(out / RUN_INFO, info)
+    summary = score_on_ray(args, plan, ray, paths)
+    write_json(out / RUN_INFO, {**info, "ray": {**info["ray"], "actors": summary.actors}})
+    with ResultWriter(out, resume=True, overlays=False, threshold=threshold) as writer:
+        pass  # re-decides the rows with the known threshold (or clears them)
+    final, rows = writer.finalize(thr_id)
+    page = write_detect_report(out, rows, final, info, args)
+    counts = (summary.scored, summary.skipped, summary.failed)
+    print_done(out, counts, summary.seconds, rows, final, page)
+    return 1 if summary.failed else 0
+
+
+def score_on_ray(args: argparse.Namespace, plan: Plan, ray: RayPlan, paths: Sequence[Path]) -> Any:
+    """run_ray over `paths` with a progress bar; returns its RaySummary."""
+    from .outputs import SCORES, read_finished
+    from .ray_runner import run_ray
+
+    sources = [str(p) for p in paths]
+    done = read_finished(Path(args.out) / SCORES) if args.resume else set()
+    skipped = sum(s in done for s in sources)
+    kwargs = {"model": args.model, "pretrained": args.pretrained, "seed": plan.seed,
+              "settings": plan.settings, "runtime": plan.runtime}  # fmt: skip
+    with tqdm(total=len(sources), initial=skipped, unit="img", desc=args.object) as bar:
+
+        def on_batch(batch: dict) -> None:
+            for source, error in zip(batch["source"], batch["error"]):
+                if error:
+                    _warn(f"cannot read {source}: {error}")
+            bar.update(len(batch["source"]))
+
+        return run_ray(
+            sources, args.object, args.out, kwargs, ray.address, tta=plan.tta,
+            mode=args.mode, refs=plan.refs, references=ray.references,
+            num_actors=ray.actors, cpus_per_actor=ray.cpus_per_actor,
+            gpus_per_actor=ray.gpus_per_actor, batch_size=plan.runtime.batch_size,
+            max_map_side=args.max_map_side or None, overlays=not args.no_overlay,
+            resume=True, on_batch=on_batch,
+        )  # fmt: skip
+
+
+def ray_run_info(args: argparse.Namespace, plan: Plan, ray: RayPlan, finger: dict) -> dict:
+    """run.json of a --ray run (written before scoring; no model is loaded on the driver)."""
+    return {
+        "anoclip": __version__,
+        "command": " ".join(sys.argv),
+        "fingerprint": finger,
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "random_weights": str(args.pretrained or "none").lower() == "none",
+        "seed": plan.seed,
+        "object": args.object,
+        "mode": args.mode,
+        "refs": args.refs,
+        "tta": plan.tta,
+        "settings": dataclasses.asdict(plan.settings),
+        "runtime": dataclasses.asdict(plan.runtime),
+        "ray": ray.describe(),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """`data` as indented JSON at `path`, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """`anoclip export`: the object's zero-shot scorer as an ONNX / OpenVINO file, its
+    sidecar and the numpy + Pillow helper beside it, checked against PyTorch."""
+    plan = Plan(args)
+    target = export_plan(args, plan.settings)
+    if plan.runtime.device is None:  # export from the CPU unless told otherwise
+        plan.runtime = dataclasses.replace(plan.runtime, device="cpu")
+
+    from .export import CHECK_TOLERANCE, export_model  # the stack loads from here on
+
+    det = plan.detector(args)
+    started = time.perf_counter()
+    result = export_model(det, args.object, target.path, fmt=target.fmt, views=target.views,
+                          opset=target.opset, check=target.check)  # fmt: skip
+    size = sum(f.stat().st_size for f in result.files if f not in (result.sidecar, result.helper))
+    print(
+        f"anoclip: wrote {result.model} ({size / 2**20:.1f} MiB), {result.sidecar.name} and "
+        f"{result.helper.name} beside it, in {time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+    )
+    if result.max_abs_diff is None:
+        print("anoclip: not checked against PyTorch (--no-check)", file=sys.stderr)
+    else:
+        print(
+            f"anoclip: check against PyTorch (2 random inputs, score and map): max |Δ| = "
+            f"{result.max_abs_diff:.3g} (tolerance {CHECK_TOLERANCE:g})",
+            file=sys.stderr,
+        )
+    print(
+        f"anoclip: run it without torch: python {result.helper} {result.model} IMAGE ... "
+        f"or anoclip detect DIR --object {args.object} --engine {result.model} --out OUT",
+        file=sys.stderr,
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 
@@ -634,6 +987,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         dataset=args.dataset, root=args.root, categories=args.categories, tta=plan.tta,
         mode=args.mode, refs=plan.refs, eval_size=args.eval_size, ap_mode=args.ap_mode,
         strict=not args.no_strict, limit=args.limit, false_reject=false_reject,
+        train_bank=args.train_bank,
     )  # fmt: skip
     started = time.perf_counter()
     results = evaluate(det, opts, args.out, log=lambda m: print(f"anoclip: {m}", file=sys.stderr))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone, load_backbone
+from .bank import NormalBank
 from .calibrate import DEFAULT_CONFIDENCE, DEFAULT_FALSE_REJECT, Threshold
 from .decisions import check_calibration, decide_all, normal_items, threshold_from
 from .engine_helper import capped_size as capped
@@ -94,6 +95,9 @@ class Detector(Pipeline):
         mode: "anoclip" (each image alone), "dual" (pairs, each the reference of the other)
             or "mutual" (each against `refs` others, "all" by default); the set modes treat
             `images` as one unlabeled set (one image falls back to "anoclip", warned).
+        bank: a :class:`~anoclip.bank.NormalBank` of known-good images (:meth:`build_bank`,
+            :meth:`load_bank`): alone in mode "anoclip", combined with the references in
+            the set modes (:mod:`anoclip.visual_branch`).
         threshold: a Threshold (:meth:`calibrate`) or float t fills `decision` ("defect" ⟺
             score > t) and `ratio`; "unsupervised": the set's own robust outlier rule.
         """
@@ -146,17 +150,20 @@ class Detector(Pipeline):
         pixel_quantile: float = 1.0,
         settings_id: Mapping[str, Any] | None = None,
         progress: bool = False,
+        bank: NormalBank | None = None,
     ) -> Threshold:
         """Decision thresholds from known-good images (METHOD.md P8; images or a folder),
         scored exactly as test images will be (settings, seed, TTA, `mode`, `refs`). In a
         set mode they form their own set, each scored against the others (leave-one-out),
         so the threshold does not depend on the test set and can be reused. α =
-        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decisions`."""
+        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decisions`. With a
+        `bank` the known-good images must not be bank images (their distance would be 0)."""
         items = normal_items(normals)
         check_calibration(len(items), false_reject, confidence)
         leave_one_out = ref_count(mode, refs) != 0
         ident = settings_id or self.fingerprint(object_name, tta, mode, refs)
-        stream = self.iter_scored(items, object_name, tta, mode=mode, refs=refs, progress=progress)
+        stream = self.iter_scored(items, object_name, tta, mode=mode, refs=refs,
+                                  progress=progress, bank=bank)  # fmt: skip
         return threshold_from(
             stream, false_reject=false_reject, confidence=confidence,
             pixel_quantile=pixel_quantile, leave_one_out=leave_one_out, settings=ident,

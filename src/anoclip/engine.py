@@ -195,12 +195,14 @@ class Engine(EngineRunner):
         threshold: Threshold | float | None = None,
         progress: bool = False,
         skip: Iterable[int] = (),
+        bank: object = None,
     ) -> Iterator[Prediction | Failure]:
         """Like :meth:`Detector.iter_predict`: a :class:`Prediction` (map at the image's
         size, longest side capped at `max_map_side`; decided when a `threshold` is given)
         or :class:`Failure` per input, in order; indices in `skip` are not processed.
-        `tta` must be off, `mode` "anoclip" and `refs` None: an exported file has neither."""
-        _check_single_image(tta, mode, refs)
+        `tta` must be off, `mode` "anoclip", `refs` and `bank` None: an exported file has
+        neither TTA nor a visual branch."""
+        _check_single_image(tta, mode, refs, bank)
         self.check_object(object_name)
         for item in self._stream(images, skip, progress, max_map_side, full_size=True):
             if isinstance(item, Prediction) and threshold is not None:
@@ -234,9 +236,11 @@ class Engine(EngineRunner):
         pixel_quantile: float = 1.0,
         settings_id: Mapping[str, Any] | None = None,
         progress: bool = False,
+        bank: object = None,
     ) -> Threshold:
         """Decision thresholds from known-good images, as :meth:`Detector.calibrate` (the
         same estimators, maps at model resolution) on this file's scores."""
+        _check_single_image(tta, mode, refs, bank)
         items = normal_items(normals)
         check_calibration(len(items), false_reject, confidence)
         ident = settings_id or self.fingerprint(object_name, tta, mode, refs)
@@ -248,8 +252,12 @@ class Engine(EngineRunner):
         )  # fmt: skip
 
 
-def _check_single_image(tta: bool | str, mode: str, refs: int | str | None) -> None:
-    """An exported file scores each image alone, without TTA."""
+def _check_single_image(
+    tta: bool | str, mode: str, refs: int | str | None, bank: object = None
+) -> None:
+    """An exported file scores each image alone, without TTA or a bank of normal patches."""
+    if bank is not None:
+        raise UsageError("an exported engine has no visual branch: pass no bank")
     if tta not in (False, None, "none"):
         raise UsageError("an exported engine scores without TTA; pass tta=False (--no-tta)")
     if mode != "anoclip" or refs not in (None, 0):

@@ -132,6 +132,7 @@ class EvalOptions:
     limit: int | None = None  # smoke tests: a stratified subset of this many per category
     false_reject: float = DEFAULT_FALSE_REJECT  # target α of the known-good thresholds
     report: bool = True  # write OUT/report.html
+    train_bank: bool = False  # each category's train/good images form its bank of normal patches
 
 
 def fingerprint(detector: Detector, opts: EvalOptions) -> dict:
@@ -142,6 +143,7 @@ def fingerprint(detector: Detector, opts: EvalOptions) -> dict:
         detector.settings, model=bb.name, pretrained=bb.pretrained, seed=detector.seed,
         tta=tta_kind(opts.tta), mode=opts.mode, refs=opts.refs, eval_size=opts.eval_size,
         ap_mode=opts.ap_mode, limit=opts.limit, false_reject=opts.false_reject,
+        **({"train_bank": True} if opts.train_bank else {}),
     )  # fmt: skip
 
 
@@ -178,8 +180,14 @@ def score_category(
     maps: list[np.ndarray] = [np.empty(0)] * len(items)
     masks: list[np.ndarray] = [np.empty(0)] * len(items)
     paths = [str(i.image) for i in items]
+    bank = None
+    if opts.train_bank:
+        normals = normal_images(opts.dataset, opts.root, category)
+        if not normals:
+            raise EvaluationError(f"{category}: --train-bank needs train/good images, none found")
+        bank = detector.build_bank([str(p) for p in normals], category)
     stream = detector.iter_scored(
-        paths, category, opts.tta, mode=opts.mode, refs=opts.refs, progress=progress
+        paths, category, opts.tta, mode=opts.mode, refs=opts.refs, progress=progress, bank=bank
     )
     for out in stream:
         if isinstance(out, Failure):
@@ -305,7 +313,7 @@ def label_free(
     refs and TTA as the test images; unsupervised: the test set's own scores (≥ 3)."""
     out = {}
     normals = normal_images(opts.dataset, opts.root, category)
-    if len(normals) >= MIN_NORMALS:
+    if len(normals) >= MIN_NORMALS and not opts.train_bank:  # bank images would match themselves
         t = detector.calibrate(
             [str(p) for p in normals], category, opts.false_reject, opts.tta, mode=opts.mode,
             refs=opts.refs,

@@ -9,6 +9,7 @@ Extras:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from .errors import AnoclipError
@@ -23,7 +24,23 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        package = module.split(".")[0]
-        raise MissingExtraError(
-            f"{purpose} needs the optional package {package!r}: pip install anoclip[{extra}]"
-        ) from exc
+        raise _missing(module, extra, purpose) from exc
+
+
+def check_installed(module: str, extra: str, purpose: str) -> None:
+    """Like :func:`require` without importing `module` (a cheap check before work starts:
+    the top-level package must be findable)."""
+    package = module.split(".")[0]
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise _missing(module, extra, purpose)
+
+
+def _missing(module: str, extra: str, purpose: str) -> MissingExtraError:
+    package = module.split(".")[0]
+    return MissingExtraError(
+        f"{purpose} needs the optional package {package!r}: pip install anoclip[{extra}]"
+    )

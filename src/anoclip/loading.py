@@ -26,18 +26,28 @@ from .images import ImageInput, load_rgb, source_name
 from .preprocess import plan_layout, to_tensor
 from .records import Failure, Sample
 from .settings import Tiling
+from .visual import VisualPreprocess, to_input
 
 # JPEG files above this many pixels are decoded at a reduced scale (images.load_rgb).
 DECODE_MAX_PIXELS = 64 * 2**20
 
 
 class Preparer:
-    """Decoding + preprocessing of inputs; small and picklable (DataLoader workers)."""
+    """Decoding + preprocessing of inputs; small and picklable (DataLoader workers).
+
+    visual: the preprocessing of a separate visual backbone; each image is then decoded
+    once and also prepared as that backbone's input (`Sample.visual`)."""
 
     def __init__(
-        self, size: int, mean: Sequence[float], std: Sequence[float], tiling: Tiling = "none"
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        tiling: Tiling = "none",
+        visual: VisualPreprocess | None = None,
     ) -> None:
         self.size, self.mean, self.std, self.tiling = size, tuple(mean), tuple(std), tiling
+        self.visual = visual
 
     def prepare(self, item: ImageInput, index: int = 0) -> Sample:
         """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
@@ -46,7 +56,8 @@ class Preparer:
         width, height = size or img.size
         layout = plan_layout(height, width, self.size, self.tiling)
         tiles = to_tensor(img, layout, self.mean, self.std)
-        return Sample(index, source_name(item, index), tiles, layout, (height, width))
+        visual = None if self.visual is None else to_input(img, self.visual)[0]
+        return Sample(index, source_name(item, index), tiles, layout, (height, width), visual)
 
 
 class LazyInputs(Dataset):

@@ -19,8 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
-from .encode import encode, tiles_of
+from .bank import NormalBank, differences
+from .decisions import normal_items
+from .encode import check_precision, encode, tiles_of
 from .encoder import VVEncoder
+from .errors import BankError, ImageDecodeError, UsageError
 from .images import ImageInput
 from .loading import Preparer, as_list, batches
 from .modes import ScoringContext, SetStore, score_each, score_set
@@ -31,6 +34,7 @@ from .settings import Mode, Runtime, Settings, fingerprint, ref_count, tta_kind
 from .synth import Textures
 from .text import TextBank, TextCache
 from .tta import AdamState, TTAOverrides
+from .visual_branch import PatchSet, VisualSource, score_patches, uses_patch_scorer
 
 
 class Pipeline:
@@ -39,9 +43,11 @@ class Pipeline:
     def __init__(self, backbone: Backbone, settings: Settings, runtime: Runtime, seed: int):
         self.backbone, self.settings, self.runtime, self.seed = backbone, settings, runtime, seed
         settings.token_layers(backbone.depth)  # validates layers early
+        check_precision(backbone.device, runtime.precision)
         self.encoder = VVEncoder(backbone.model.visual, settings.vv_start_layer)
+        self.visual = VisualSource(settings, backbone, self.encoder)
         self._preparer = Preparer(backbone.image_size, backbone.mean, backbone.std,
-                                  settings.tiling)  # fmt: skip
+                                  settings.tiling, self.visual.preprocess)  # fmt: skip
         self._text = TextCache()
         self._adam_carry: dict[str, AdamState] = {}  # AnoVL quirk mode only
         self._textures = Textures(settings.synth_textures)
@@ -99,10 +105,17 @@ class Pipeline:
         refs: int | str | None = None,
         progress: bool = False,
         skip: Iterable[int] = (),
+        bank: NormalBank | None = None,
     ) -> Iterator[Scored | Failure]:
         """The data path: load -> encode -> score each image alone, or the set together.
         Yields :class:`Scored` (maps at model resolution) or :class:`Failure`; indices in
-        `skip` are not processed."""
+        `skip` are not processed. bank: known-good patch features (:meth:`build_bank`);
+        with it, a timm visual backbone or fusion="visual" the patch scorer runs
+        (:mod:`anoclip.visual_branch`)."""
+        if uses_patch_scorer(self.settings, bank):
+            yield from self._iter_patch_scored(images, object_name, tta, mode=mode, refs=refs,
+                                               progress=progress, skip=skip, bank=bank)  # fmt: skip
+            return
         kind, num_refs = tta_kind(tta), ref_count(mode, refs)
         items = as_list(images)
         skipped = set(skip)
@@ -128,6 +141,87 @@ class Pipeline:
         if store is not None and store.samples:
             yield from score_set(store.samples, store.features(), context)
 
+    def _iter_patch_scored(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        object_name: str,
+        tta: bool | str,
+        *,
+        mode: Mode,
+        refs: int | str | None,
+        progress: bool,
+        skip: Iterable[int],
+        bank: NormalBank | None,
+    ) -> Iterator[Scored | Failure]:
+        """:meth:`iter_scored` with the patch scorer: the text branch only when fusion is
+        not "visual"; alone (against the bank) batch by batch, a set after all batches."""
+        kind, num_refs = tta_kind(tta), ref_count(mode, refs)
+        if not num_refs and bank is None and self.settings.fusion == "visual":
+            raise UsageError("fusion=visual needs visual references: mode dual/mutual or a bank")
+        if bank is not None:
+            self.check_bank(bank, object_name)
+        items = as_list(images)
+        skipped = set(skip)
+        todo = [i for i in range(len(items)) if i not in skipped]
+        text_bank = None if self.settings.fusion == "visual" else self.text_bank(object_name)
+        context = ScoringContext(self.settings, self.backbone.image_size, self.seed, num_refs,
+                                 self.device)  # fmt: skip
+        kept: list[Sample] = []
+        texts: list[Features] = []
+        patches: list[PatchSet] = []
+        rt = self.runtime
+        pin = self.device.type == "cuda"
+        with tqdm(total=len(todo), disable=not progress, unit="img", desc=object_name) as bar:
+            for batch in batches(self._preparer, items, todo, rt.batch_size, rt.workers, pin):
+                samples = [b for b in batch if isinstance(b, Sample)]
+                text = self.encode(samples, text_bank, kind) if text_bank else None
+                found = self.visual.patch_set(samples) if samples else None
+                if not num_refs:
+                    scored = score_patches(samples, found, text, context, bank) if found else []
+                    yield from _in_order(batch, scored)
+                else:
+                    yield from (b for b in batch if isinstance(b, Failure))
+                    for smp in samples:  # the pixels are no longer needed
+                        smp.tiles, smp.visual = smp.tiles[:0], None
+                    if found is not None:
+                        kept += samples
+                        patches.append(found)
+                        if text is not None:
+                            texts.append(_cpu(text))
+                bar.update(len(batch))
+        if kept:
+            text_all = Features.cat(texts) if texts else None
+            yield from score_patches(kept, PatchSet.cat(patches), text_all, context, bank)
+
+    def build_bank(
+        self, normals: ImageInput | Sequence[ImageInput], object_name: str
+    ) -> NormalBank:
+        """A bank of the patch features of known-good images (images or a folder; raises
+        ImageDecodeError naming an unreadable one)."""
+        items = normal_items(normals)
+        if not items:
+            raise UsageError("a bank needs at least one known-good image")
+        parts: list[PatchSet] = []
+        for batch in batches(self._preparer, items, range(len(items)), self.runtime.batch_size,
+                             self.runtime.workers):  # fmt: skip
+            for b in batch:
+                if isinstance(b, Failure):
+                    raise ImageDecodeError(f"bank image {b.source}: {b.reason}")
+            parts.append(self.visual.patch_set(batch))  # type: ignore[arg-type]
+        return NormalBank.build(PatchSet.cat(parts).feats, self.visual.bank_meta(object_name))
+
+    def load_bank(self, path: str | Path, object_name: str) -> NormalBank:
+        """A saved bank, refused (BankError, one line) unless built with these settings."""
+        return NormalBank.load(path, expect=self.visual.bank_meta(object_name))
+
+    def check_bank(self, bank: NormalBank, object_name: str) -> None:
+        """Refuse a bank built with other settings (BankError naming the fields)."""
+        diff = differences(bank.meta, self.visual.bank_meta(object_name))
+        if diff:
+            raise BankError(
+                f"the bank was built with other settings (bank vs now): {'; '.join(diff)}"
+            )
+
     def encode(
         self,
         samples: Sequence[Sample],
@@ -149,6 +243,11 @@ class Pipeline:
             seed=self.seed, tta=kind, precision=self.runtime.precision, refs=refs,
             overrides=overrides, carry=carry, textures=self._textures, plain=self._plain(),
         )  # fmt: skip
+
+
+def _cpu(f: Features) -> Features:
+    """Text-branch features kept for a set (on the CPU, no visual tokens)."""
+    return Features(f.text_cos.cpu(), f.cls_cos.cpu(), f.cls.cpu(), f.grid)
 
 
 def _in_order(batch: Sequence[Sample | Failure], scored: list[Scored]) -> Iterator:

@@ -68,17 +68,21 @@ class Failure:
 
 @dataclass
 class Sample:
-    """A preprocessed image: tiles `[T, 3, S, S]`, their layout and the original size."""
+    """A preprocessed image: tiles `[T, 3, S, S]`, their layout and the original size;
+    `visual`: the second input `[3, S_v, S_v]` of a separate visual backbone, or None."""
 
     index: int
     source: str
     tiles: torch.Tensor
     layout: Layout
     size: tuple[int, int]
+    visual: torch.Tensor | None = None
 
     def pin_memory(self) -> Sample:
         """Called by the DataLoader (pin_memory=True on CUDA) for faster transfers."""
         self.tiles = self.tiles.pin_memory()
+        if self.visual is not None:
+            self.visual = self.visual.pin_memory()
         return self
 
 

@@ -42,7 +42,12 @@ Pairing = Literal["cls_nn", "matching", "random"]
 RefAgg = Literal["interval_mean", "min", "mean"]
 RefFilter = Literal["none", "text"]
 RefFeatures = Literal["vv", "ori"]
-Fusion = Literal["linear", "harmonic", "batch_z"]
+Fusion = Literal["linear", "harmonic", "batch_z", "visual"]
+PatchGrid = Literal["coarsest", "finest"]
+LayerFusion = Literal["concat", "mean"]
+BankCombine = Literal["min", "mean", "max"]
+CLIP_VISUAL = "clip"
+TIMM_PREFIX = "timm:"
 TextTokens = Literal["full", "trimmed"]
 Mode = Literal["anoclip", "dual", "mutual"]
 TTAKind = Literal["none", "noise", "synth", "both"]
@@ -128,6 +133,32 @@ class Settings:
     synth_textures: str | None = None
     """Folder of texture images as synthesized-anomaly sources (default: the image itself)."""
 
+    # --- visual feature source and patch scoring (issue 10; [DESIGN], MuSc-style)
+    visual_backbone: str = CLIP_VISUAL
+    """Visual-branch features: "clip" (the CLIP model's own tokens) or "timm:<model name>"
+    (a timm feature extractor, its own second input per image, weights `visual_pretrained`)."""
+    visual_pretrained: str | None = None
+    """Local checkpoint file of a timm visual backbone (never downloaded)."""
+    visual_size: int = 0
+    """Square input side of a timm visual backbone; 0: its pretrained config's."""
+    visual_strides: tuple[int, ...] = (8, 16)
+    """Stages of a timm visual backbone, by stride (reduction)."""
+    patch_radii: tuple[int, ...] = (1, 3, 5)
+    """Patch scorer: r×r neighbourhood means (odd r), distances averaged over radii."""
+    patch_grid: PatchGrid = "coarsest"
+    """Patch scorer: the common grid of the layers (the coarsest: 4× fewer patches per
+    stride step than the finest)."""
+    layer_fusion: LayerFusion = "concat"
+    """Patch scorer: "concat" one joint nearest neighbour over the concatenated layers;
+    "mean" one per layer, distances averaged (MuSc)."""
+    rscin: bool = False
+    """Set modes of the patch scorer: RsCIN kNN smoothing of image scores (MuSc)."""
+    duplicate_threshold: float = 0.95
+    """Patch scorer, set modes: references whose layout descriptor has cosine above this
+    with the query are skipped (near-duplicates would explain its defects away); 1 = off."""
+    bank_combine: BankCombine = "min"
+    """Mutual (or dual) scores with a normal bank: "min", "mean" or "max" per patch."""
+
     # --- input (§1, §2.7)
     tiling: Tiling = "none"
     """"none": square resize (MVTec). "two_tile"/"auto" (auto: only non-square inputs):
@@ -187,8 +218,33 @@ def _validate(self: Settings) -> None:
     _check(all(x >= 1 for x in self.ref_layers), "ref_layers must be >= 1")
     _check(0 <= self.fusion_alpha <= 1 and 0 <= self.fusion_beta <= 1, "fusion weights in [0, 1]")
     _check(self.fusion_temperature > 0, "fusion_temperature must be > 0")
+    _validate_visual(self)
     object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
     object.__setattr__(self, "ref_layers", tuple(int(x) for x in self.ref_layers))
+
+
+def _validate_visual(self: Settings) -> None:
+    """The visual source and the patch scorer's settings (no file access here)."""
+    vb, timm = self.visual_backbone, self.visual_backbone.startswith(TIMM_PREFIX)
+    _check(
+        vb == CLIP_VISUAL or (timm and len(vb) > len(TIMM_PREFIX)),
+        f"visual_backbone={vb!r}; use clip or timm:<model name>",
+    )
+    _check(
+        not timm or bool(self.visual_pretrained),
+        f"visual_backbone={vb} needs visual_pretrained=FILE",
+    )
+    _check(
+        timm or not self.visual_pretrained, "visual_pretrained needs visual_backbone=timm:<name>"
+    )
+    _check(self.visual_size >= 0, "visual_size must be >= 0 (0: the backbone's own)")
+    _check(len(self.visual_strides) > 0 and all(x >= 1 for x in self.visual_strides),
+           "visual_strides must be >= 1")  # fmt: skip
+    _check(len(self.patch_radii) > 0 and all(r >= 1 and r % 2 == 1 for r in self.patch_radii),
+           "patch_radii must be odd and >= 1")  # fmt: skip
+    _check(0 < self.duplicate_threshold <= 1, "duplicate_threshold must be in (0, 1]")
+    for name in ("visual_strides", "patch_radii"):
+        object.__setattr__(self, name, tuple(int(x) for x in getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -339,6 +395,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
         "ref_filter": RefFilter,
         "ref_features": RefFeatures,
         "fusion": Fusion,
+        "patch_grid": PatchGrid,
+        "layer_fusion": LayerFusion,
+        "bank_combine": BankCombine,
     }.items()
 }
 

@@ -2,7 +2,8 @@
 
 `load_visual_backbone("timm:<name>", checkpoint)` builds
 `timm.create_model(name, pretrained=False, features_only=True, out_indices=stages)` and fills
-it from a LOCAL checkpoint file only (never a download). The backbone brings its own
+it from a LOCAL checkpoint file only (never a download). timm is imported on first use
+(:func:`_timm`), so the "clip" default never imports it. The backbone brings its own
 preprocessing (input size, mean/std, interpolation from the model's pretrained config via
 `timm.data.resolve_data_config`, each overridable), so a separate visual backbone means a
 second input tensor per image:
@@ -82,9 +83,7 @@ def resolve_preprocess(
     interpolation: str | None = None,
 ) -> VisualPreprocess:
     """The model's pretrained data config (`timm.data.resolve_data_config`), overridden."""
-    from timm.data import resolve_data_config
-
-    cfg = resolve_data_config({}, model=model)
+    cfg = _timm().data.resolve_data_config({}, model=model)
     if image_size is None:
         size = tuple(int(s) for s in cfg["input_size"][1:])
     elif isinstance(image_size, int):
@@ -112,6 +111,17 @@ def _triple(values: Sequence[float] | float, what: str) -> tuple[float, float, f
 
 
 # ------------------------------------------------------------------ backbone
+
+
+def _timm():  # noqa: ANN202 - the timm module
+    """timm, imported on first use (only a timm visual backbone needs it; open_clip
+    installs it); its absence is a one-line BackboneError."""
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise BackboneError("a timm visual backbone needs timm: pip install timm") from None
+    return timm
 
 
 @dataclass
@@ -167,7 +177,7 @@ def load_visual_backbone(
     path = Path(checkpoint_file)
     if not path.is_file():
         raise BackboneError(f"visual checkpoint not found: {path} (a local file is required)")
-    import timm
+    timm = _timm()
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -206,7 +216,7 @@ def _out_indices(
         raise BackboneError("give stages or strides, not both")
     if stages is not None:
         return tuple(int(s) for s in stages)
-    import timm
+    timm = _timm()
 
     wanted = tuple(strides) if strides is not None else (8, 16)
     try:
@@ -254,7 +264,7 @@ def _fit_state_dict(
 
     Keys of the full model that the feature extractor drops (classifier, head) are ignored.
     """
-    import timm
+    timm = _timm()
 
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

@@ -171,6 +171,38 @@ def test_engine_scores_equal_detector(onnx_cls, cls_detector, mvtec):
     assert_same_predictions(got, want)
 
 
+def test_cli_detect_engine_equals_detector(onnx_cls, cls_detector, mvtec, tmp_path):
+    """`anoclip detect --engine FILE --normal DIR` writes the scores, maps and decisions of
+    Detector(image_score="cls") with tta=False and its threshold from the same normals."""
+    import csv
+
+    from anoclip.cli import main
+
+    paths = screw_paths(mvtec)[1:]
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for k in range(3):
+        (normals / f"{k}.png").write_bytes((mvtec / f"screw/test/good/00{k}.png").read_bytes())
+    out = tmp_path / "out"
+    args = ["detect", *paths, "--object", "screw", "--out", str(out), "--engine",
+            str(onnx_cls.model), "--normal", str(normals), "--max-map-side", "256"]  # fmt: skip
+    assert main(args) == 0
+    threshold = cls_detector.calibrate(sorted(map(str, normals.iterdir())), "screw", tta=False)
+    preds = cls_detector.predict(paths, "screw", tta=False, max_map_side=256, threshold=threshold)
+    want = {p.source: p for p in preds}
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["source"] for r in rows) == sorted(paths)
+    for r in rows:
+        w = want[r["source"]]
+        assert abs(float(r["score"]) - w.score) <= TOL and r["decision"] == w.decision
+        amap = np.load(out / "maps" / f"{r['name']}.npy")
+        assert amap.shape == w.anomaly_map.shape == (256, 256)
+        assert np.abs(amap - w.anomaly_map).max() <= TOL
+    saved = json.loads((out / "threshold.json").read_text())
+    assert abs(saved["image_threshold"] - threshold.image_threshold) <= TOL
+
+
 def test_engine_calibrates_like_detector(onnx_cls, cls_detector, mvtec):
     """Engine.calibrate == Detector(image_score="cls").calibrate(tta=False): same
     fingerprint, thresholds within 1e-4; decisions follow the threshold."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anoclip import Detector
+from anoclip import Detector, UsageError
+from anoclip.encode import cpu_has_bf16
 
 from ..oracles import AnoVLLoop
 
@@ -46,6 +47,8 @@ def test_fused_plain_tower_keeps_fp32_outputs(tiny_backbone, paths, reference):
 def test_reduced_precision_runs_on_the_cpu(tiny_backbone, paths, reference, precision):
     """Opt-in reduced precision: same shapes, finite, close to fp32 (drift is measured in
     benchmarks/speed.py; with random weights maps sit near 0.5)."""
+    if precision == "bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 kernels (refused: test_precision_refusals)")
     det = Detector(backbone=tiny_backbone, batch_size=2, precision=precision)
     preds = det.predict(paths, "screw")
     assert_close(reference, [(p.score, p.anomaly_map) for p in preds], tol=0.05)
@@ -70,3 +73,12 @@ def test_openvino_views_keep_fp32_outputs(tiny_backbone, paths):
         return image_scores(feats.cls_cos, det.settings.temperature, [1, 1]).numpy()
 
     assert np.abs(scores("openvino") - scores("open_clip")).max() <= TOL
+
+
+def test_precision_refusals(tiny_backbone, monkeypatch):
+    """fp16 off CUDA, and bf16 on a CPU without bf16 kernels, are refused up front."""
+    with pytest.raises(UsageError, match="fp16.*CUDA only"):
+        Detector(backbone=tiny_backbone, precision="fp16")
+    monkeypatch.setattr("anoclip.encode.cpu_has_bf16", lambda: False)
+    with pytest.raises(UsageError, match="bf16.*AVX512"):
+        Detector(backbone=tiny_backbone, precision="bf16")
