@@ -799,11 +799,14 @@ def _earlier_fingerprint(path: Path) -> dict:
         ) from None
 
 
+def run_header(finger: dict) -> dict:
+    """The first keys of every run.json: version, command line, result fingerprint."""
+    return {"anoclip": __version__, "command": " ".join(sys.argv), "fingerprint": finger}
+
+
 def run_info(args: argparse.Namespace, det: Any, finger: dict) -> dict:
     return {
-        "anoclip": __version__,
-        "command": " ".join(sys.argv),
-        "fingerprint": finger,
+        **run_header(finger),
         "model": det.backbone.name,
         "pretrained": det.backbone.pretrained,
         "random_weights": det.backbone.random_weights,
@@ -830,9 +833,7 @@ def load_engine(engine: EnginePlan, plan: Plan) -> Any:
 def engine_run_info(args: argparse.Namespace, engine: EnginePlan, det: Any, finger: dict) -> dict:
     """run.json of an --engine run: the file and its metadata in place of the model's."""
     return {
-        "anoclip": __version__,
-        "command": " ".join(sys.argv),
-        "fingerprint": finger,
+        **run_header(finger),
         **engine.run_info(),
         "object": args.object,
         "mode": "anoclip",
@@ -852,21 +853,20 @@ def detect_on_ray(
 ) -> int:
     """`anoclip detect --ray`: the inputs scored by :func:`~anoclip.ray_runner.run_ray`
     (maps and commit log in --out), then decided, thresholded and reported as a local run."""
-    from .outputs import ResultWriter, clear_results  # the stack loads from here on
-    from .ray_runner import PARQUET
+    from .outputs import ResultWriter, write_run_info  # the stack loads from here on
+    from .ray_runner import clear_folder
 
     out = Path(args.out)
     if args.overwrite:  # here, so run.json below survives (run_ray then only resumes)
-        clear_results(out)
-        (out / PARQUET).unlink(missing_ok=True)
+        clear_folder(out)
     thr_id = threshold_id(finger)
     threshold = decisions.threshold
     if decisions.normals:
         threshold = calibrate_on_normals(plan.detector(args), decisions, args, plan, thr_id)
     info = {**ray_run_info(args, plan, ray, finger), "decisions": decisions.describe()}
-    write_json(out / RUN_INFO, info)
+    write_run_info(out, info)
     summary = score_on_ray(args, plan, ray, paths)
-    write_json(out / RUN_INFO, {**info, "ray": {**info["ray"], "actors": summary.actors}})
+    write_run_info(out, {**info, "ray": {**info["ray"], "actors": summary.actors}})
     with ResultWriter(out, resume=True, overlays=False, threshold=threshold) as writer:
         pass  # re-decides the rows with the known threshold (or clears them)
     final, rows = writer.finalize(thr_id)
@@ -907,9 +907,7 @@ def score_on_ray(args: argparse.Namespace, plan: Plan, ray: RayPlan, paths: Sequ
 def ray_run_info(args: argparse.Namespace, plan: Plan, ray: RayPlan, finger: dict) -> dict:
     """run.json of a --ray run (written before scoring; no model is loaded on the driver)."""
     return {
-        "anoclip": __version__,
-        "command": " ".join(sys.argv),
-        "fingerprint": finger,
+        **run_header(finger),
         "model": args.model,
         "pretrained": args.pretrained,
         "random_weights": str(args.pretrained or "none").lower() == "none",
@@ -922,13 +920,6 @@ def ray_run_info(args: argparse.Namespace, plan: Plan, ray: RayPlan, finger: dic
         "runtime": dataclasses.asdict(plan.runtime),
         "ray": ray.describe(),
     }
-
-
-def write_json(path: Path, data: dict) -> None:
-    """`data` as indented JSON at `path`, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- export

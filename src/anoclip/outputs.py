@@ -115,7 +115,7 @@ class ResultWriter:
             (self.out / THRESHOLD).unlink(missing_ok=True)
 
     def write_run_info(self, info: dict) -> None:
-        _atomic_write(self.out / RUN_INFO, json.dumps(info, indent=2, default=str).encode())
+        write_run_info(self.out, info)
 
     def add(self, pred: Prediction, name: str, image_source: object) -> None:
         """Queue the map files of `pred`, then log its score once they are on disk."""
@@ -162,7 +162,7 @@ class ResultWriter:
 
     def _write(self, pred: Prediction, name: str, image_source: object) -> Prediction:
         buf = _npy_bytes(pred.anomaly_map)
-        _atomic_write(self.maps / f"{name}.npy", buf)
+        atomic_write(self.maps / f"{name}.npy", buf)
         if self.overlays:
             img = overlay(load_rgb(image_source), pred.anomaly_map, vmin=FIXED_SCALE[0],
                           vmax=FIXED_SCALE[1])  # fmt: skip
@@ -334,7 +334,7 @@ def write_rows(path: Path, rows: Iterable[Row]) -> None:
     w.writerow(SCORE_COLUMNS)
     for row in rows:
         w.writerow([row.get(c, "") for c in SCORE_COLUMNS])
-    _atomic_write(path, buf.getvalue().encode("utf-8"))
+    atomic_write(path, buf.getvalue().encode("utf-8"))
 
 
 def read_finished(path: Path) -> set[str]:
@@ -348,7 +348,13 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def atomic_write(path: Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all (a temporary file per process, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_run_info(out: Path, info: dict) -> None:
+    """`info` as indented JSON in `out`/run.json, atomically."""
+    atomic_write(out / RUN_INFO, json.dumps(info, indent=2, default=str).encode())

@@ -48,7 +48,7 @@ from .extras import require
 from .images import load_rgb
 from .listing import output_names
 from .modes import ScoringContext, score_set
-from .outputs import ERRORS, SCORE_COLUMNS, SCORES, clear_results, read_finished
+from .outputs import ERRORS, SCORE_COLUMNS, SCORES, atomic_write, clear_results, read_finished
 from .preprocess import resize_map
 from .records import Features, Prediction, Sample
 from .settings import ref_count, tta_kind
@@ -187,11 +187,11 @@ def write_map(maps: Path, name: str, amap: np.ndarray, image_source: str | None)
     a temporary name first and renamed, so a reader never sees a partial file."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(amap, dtype=np.float32))
-    _atomic_write(maps / f"{name}.npy", buf.getvalue())
+    atomic_write(maps / f"{name}.npy", buf.getvalue())
     if image_source is not None:
         png = io.BytesIO()
         overlay(load_rgb(image_source), amap).save(png, format="PNG", compress_level=1)
-        _atomic_write(maps / f"{name}.png", png.getvalue())
+        atomic_write(maps / f"{name}.png", png.getvalue())
 
 
 class ScoreActor:
@@ -437,9 +437,14 @@ def _check_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 def _prepare_folder(out: Path, overwrite: bool) -> None:
     if overwrite:
-        clear_results(out)
-        (out / PARQUET).unlink(missing_ok=True)
+        clear_folder(out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
+
+
+def clear_folder(out: Path) -> None:
+    """Remove the results of an earlier run from `out` (scores, maps, errors, Parquet)."""
+    clear_results(out)
+    (out / PARQUET).unlink(missing_ok=True)
 
 
 def _to_cpu(f: Features) -> Features:
@@ -458,12 +463,6 @@ def _get(ref: Any) -> Any:
     import ray
 
     return ray.get(ref)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _only_header(path: Path) -> bool:
