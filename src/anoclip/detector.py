@@ -151,19 +151,36 @@ class Detector(Pipeline):
         settings_id: Mapping[str, Any] | None = None,
         progress: bool = False,
         bank: NormalBank | None = None,
+        normals_are_bank: bool = False,
     ) -> Threshold:
         """Decision thresholds from known-good images (METHOD.md P8; images or a folder),
         scored exactly as test images will be (settings, seed, TTA, `mode`, `refs`). In a
         set mode they form their own set, each scored against the others (leave-one-out),
         so the threshold does not depend on the test set and can be reused. α =
-        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decisions`. With a
-        `bank` the known-good images must not be bank images (their distance would be 0)."""
+        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decisions`.
+
+        With a `bank` the known-good images must not be bank images (their distance would be
+        0), unless `normals_are_bank`: the bank was built from these very images, in this
+        order (:meth:`build_bank`), and each is scored against the bank without itself
+        (`NormalBank.leave_out`; mode "anoclip" only)."""
         items = normal_items(normals)
         check_calibration(len(items), false_reject, confidence)
         leave_one_out = ref_count(mode, refs) != 0
         ident = settings_id or self.fingerprint(object_name, tta, mode, refs)
-        stream = self.iter_scored(items, object_name, tta, mode=mode, refs=refs,
-                                  progress=progress, bank=bank)  # fmt: skip
+        if normals_are_bank:
+            if bank is None or leave_one_out or bank.num_images != len(items):
+                raise UsageError(
+                    "normals_are_bank needs mode='anoclip' and the bank built from the normals"
+                )
+            leave_one_out = True
+            stream = (
+                scored
+                for i, item in enumerate(items)
+                for scored in self.iter_scored([item], object_name, tta, bank=bank.leave_out(i))
+            )
+        else:
+            stream = self.iter_scored(items, object_name, tta, mode=mode, refs=refs,
+                                      progress=progress, bank=bank)  # fmt: skip
         return threshold_from(
             stream, false_reject=false_reject, confidence=confidence,
             pixel_quantile=pixel_quantile, leave_one_out=leave_one_out, settings=ident,

@@ -98,9 +98,9 @@ def encode(
     """
     s = settings
     layers = s.token_layers(encoder.depth)
-    ref_layers = s.ref_token_layers(encoder.depth) if refs else ()
-    vv_layers = sorted(set(layers) | (set(ref_layers) if s.ref_features == "vv" else set()))
-    ori_layers = ref_layers if s.ref_features == "ori" else ()
+    ref_kind, ref_layers = s.ref_tokens(encoder.depth) if refs else ("vv", ())
+    vv_layers = sorted(set(layers) | (set(ref_layers) if ref_kind == "vv" else set()))
+    ori_layers = ref_layers if ref_kind == "ori" else ()
     feats = bank.features.to(x.device)
     with torch.inference_mode(), autocast(x.device, precision):
         enc = encoder(x, vv_layers, ori_layers)
@@ -121,7 +121,7 @@ def encode(
         text_cos = text_cosines(tokens, feats).view(n_tiles, n_layers, length, 2)
         ref_tokens = None
         if refs:
-            source = enc.vv if s.ref_features == "vv" else enc.ori
+            source = enc.vv if ref_kind == "vv" else enc.ori
             ref_tokens = l2_normalize(
                 torch.stack([source[layer].float() for layer in ref_layers], dim=1)
             )

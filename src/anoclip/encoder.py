@@ -35,6 +35,8 @@ class EncoderOutput:
     cls: `[B, C]` original-path CLS after LN_post and projection (the image embedding).
     vv: layer (1-based) -> `[B, L, C]` V-V patch tokens after LN_post and projection.
     ori: layer -> `[B, L, C]` original-path patch tokens after LN_post and projection.
+    residual: layer -> `[B, L, D]` the same tokens before LN_post and projection (the
+        residual stream h_l, width D; what MuSc's patch features start from).
     grid: (h, w) patch grid.
     """
 
@@ -42,6 +44,7 @@ class EncoderOutput:
     vv: dict[int, torch.Tensor]
     grid: tuple[int, int]
     ori: dict[int, torch.Tensor] = field(default_factory=dict)
+    residual: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class VVEncoder(nn.Module):
@@ -95,7 +98,7 @@ class VVEncoder(nn.Module):
         cls = towers.project(self.visual, h[:, 0])
         vv = {layer: towers.project(self.visual, t) for layer, t in vv_snap.items()}
         ori = {layer: towers.project(self.visual, t) for layer, t in ori_snap.items()}
-        return EncoderOutput(cls=cls, vv=vv, ori=ori, grid=self.grid)
+        return EncoderOutput(cls=cls, vv=vv, ori=ori, grid=self.grid, residual=ori_snap)
 
 
 def _dual_block(

@@ -41,7 +41,7 @@ TextEnsemble = Literal["anovl", "normalized"]
 Pairing = Literal["cls_nn", "matching", "random"]
 RefAgg = Literal["interval_mean", "min", "mean"]
 RefFilter = Literal["none", "text"]
-RefFeatures = Literal["vv", "ori"]
+RefFeatures = Literal["auto", "vv", "ori"]
 Fusion = Literal["linear", "harmonic", "batch_z", "visual"]
 PatchGrid = Literal["coarsest", "finest"]
 LayerFusion = Literal["concat", "mean"]
@@ -119,10 +119,14 @@ class Settings:
     """"text": reference patches above their own text map's `ref_filter_quantile` are
     not matched, so a defective reference cannot explain away the same defect."""
     ref_filter_quantile: float = 0.9
-    ref_features: RefFeatures = "vv"
-    """Visual-branch tokens: V-V ("vv") or original-path ("ori", as MuSc) tokens."""
+    ref_features: RefFeatures = "auto"
+    """Visual-branch CLIP tokens: V-V ("vv") or original-path ("ori", as MuSc). "auto": V-V
+    for the token path (dual/mutual with the text branch, the Dual-Image design), "ori" for
+    the patch scorer (fusion=visual or a bank; MuSc's published ViT-B/16+ setting)."""
     ref_layers: tuple[int, ...] = ()
-    """Layers of the visual-branch tokens (distances averaged); () = the last layer."""
+    """1-based layers of the visual-branch CLIP tokens. () = auto: the last layer for the
+    token path; the four quarter-depth blocks for the patch scorer (3, 6, 9, 12 of 12 blocks:
+    MuSc's --feature_layers 2 5 8 11 for ViT-B)."""
     fusion: Fusion = "linear"
     fusion_alpha: float = 0.5
     """Map weight of the text branch: α·text + (1−α)·visual."""
@@ -141,21 +145,27 @@ class Settings:
     """Local checkpoint file of a timm visual backbone (never downloaded)."""
     visual_size: int = 0
     """Square input side of a timm visual backbone; 0: its pretrained config's."""
-    visual_strides: tuple[int, ...] = (8, 16)
-    """Stages of a timm visual backbone, by stride (reduction)."""
+    visual_strides: tuple[int, ...] = (4, 8, 16, 32)
+    """Stages of a timm visual backbone, by stride (reduction). Default: every stage from
+    stride 4 to 32 (benchmarks/real_features.py: fine stages find screw's small defects,
+    coarse ones transistor's missing and misplaced parts)."""
     patch_radii: tuple[int, ...] = (1, 3, 5)
     """Patch scorer: r×r neighbourhood means (odd r), distances averaged over radii."""
-    patch_grid: PatchGrid = "coarsest"
-    """Patch scorer: the common grid of the layers (the coarsest: 4× fewer patches per
-    stride step than the finest)."""
+    patch_grid: PatchGrid | int = 12
+    """Patch scorer: the common grid of the layers, as a stride in input pixels (12: 20×20
+    at 240 px, chosen by benchmarks/real_features.py), or "finest"/"coarsest" (that
+    layer's own grid; the finest has 4× the patches per stride step)."""
     layer_fusion: LayerFusion = "concat"
     """Patch scorer: "concat" one joint nearest neighbour over the concatenated layers;
     "mean" one per layer, distances averaged (MuSc)."""
-    rscin: bool = False
-    """Set modes of the patch scorer: RsCIN kNN smoothing of image scores (MuSc)."""
+    rscin: bool = True
+    """Set modes of the patch scorer: RsCIN kNN smoothing of image scores over the set's
+    global features (MuSc). On by default: +0.018 image AUROC on transistor mutual-all,
+    pixel metrics unchanged (benchmarks/real_features.py)."""
     duplicate_threshold: float = 0.95
-    """Patch scorer, set modes: references whose layout descriptor has cosine above this
-    with the query are skipped (near-duplicates would explain its defects away); 1 = off."""
+    """Patch scorer, set modes: references whose features on the common grid have cosine
+    above this with the query's are skipped (near-duplicates would explain its defects
+    away); 1 = off."""
     bank_combine: BankCombine = "min"
     """Mutual (or dual) scores with a normal bank: "min", "mean" or "max" per patch."""
 
@@ -178,18 +188,29 @@ class Settings:
             )
         return tuple(layers)
 
-    def ref_token_layers(self, depth: int) -> tuple[int, ...]:
-        """The 1-based layers of the visual-branch tokens."""
-        layers = self.ref_layers or (depth,)
-        low = self.vv_start_layer if self.ref_features == "vv" else 1
+    def ref_tokens(self, depth: int, patch_scorer: bool = False) -> tuple[str, tuple[int, ...]]:
+        """(features, 1-based layers) of the visual-branch CLIP tokens, "auto" resolved: the
+        token path -> ("vv", (depth,)); the patch scorer -> ("ori", quarter-depth blocks)."""
+        features = self.ref_features
+        if features == "auto":
+            features = "ori" if patch_scorer else "vv"
+        layers = self.ref_layers
+        if not layers:
+            layers = quarter_layers(depth) if patch_scorer else (depth,)
+        low = self.vv_start_layer if features == "vv" else 1
         bad = [x for x in layers if not low <= x <= depth]
         if bad:
             _fail(f"ref_layers {bad} are outside [{low}, {depth}]")
-        return tuple(layers)
+        return features, tuple(layers)
 
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def quarter_layers(depth: int) -> tuple[int, ...]:
+    """The blocks at each quarter of the depth (12 -> 3, 6, 9, 12; 24 -> 6, 12, 18, 24)."""
+    return tuple(sorted({max(1, round(depth * q / 4)) for q in (1, 2, 3, 4)}))
 
 
 def _validate(self: Settings) -> None:
@@ -205,8 +226,12 @@ def _validate(self: Settings) -> None:
             )
             object.__setattr__(self, f.name, new)
         allowed = _CHOICES.get(f.name)
-        if allowed is not None and getattr(self, f.name) not in allowed:
-            _fail(f"{f.name}={getattr(self, f.name)!r}; choose one of {', '.join(allowed)}")
+        value = getattr(self, f.name)
+        if f.name == "patch_grid" and isinstance(value, int) and not isinstance(value, bool):
+            _check(value >= 1, "patch_grid as a stride must be >= 1")
+        elif allowed is not None and value not in allowed:
+            also = " or a stride in input pixels" if f.name == "patch_grid" else ""
+            _fail(f"{f.name}={value!r}; choose one of {', '.join(allowed)}{also}")
     _check(self.vv_start_layer >= 1, "vv_start_layer must be >= 1")
     _check(len(self.layers) > 0 and all(x >= 1 for x in self.layers), "layers must be >= 1")
     _check(self.temperature > 0, "temperature must be > 0")

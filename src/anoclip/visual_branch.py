@@ -2,9 +2,11 @@
 features of any visual backbone (issue 10, [DESIGN]).
 
     Sample.visual `[B, 3, S_v, S_v]` --timm--> one map per stage `[B, C_l, h_l, w_l]`
-    (or CLIP tokens `[B, L, C]` of `ref_layers` --tokens_to_map--> `[B, C, h, w]`)
-      -> patches.patch_features: LayerNorm over C, r×r mean (r ∈ patch_radii), common grid
-         (patch_grid), L2 (-> concat_layers when layer_fusion="concat")
+    (or CLIP tokens `[B, L, C]` of `ref_layers` --tokens_to_map--> `[B, C, h, w]`; by default
+    the original path's residual-stream tokens of the quarter-depth blocks, as MuSc)
+      -> patches.patch_features: LayerNorm over C, r×r mean (r ∈ patch_radii), the
+         common grid (patch_grid: a stride in input pixels, or a layer's grid), L2
+         (-> concat_layers when layer_fusion="concat")
       -> PatchSet: {(l, r): `[B, L, C_k]`}, global features `[B, D]`, layout `[B, K]`
 
 Patch scores `[N, L]` in [0, 1], averaged over the feature sets k = (l, r):
@@ -123,14 +125,15 @@ class VisualSource:
             raise UsageError(
                 "the patch scorer on CLIP tokens needs one tile per image (tiling=none)"
             )
-        s = self.settings
-        layers = s.ref_token_layers(self.encoder.depth)
+        kind, layers = self.settings.ref_tokens(self.encoder.depth, patch_scorer=True)
         x = torch.cat([smp.tiles for smp in samples]).to(self.clip.device)
-        vv = layers if s.ref_features == "vv" else ()
-        ori = layers if s.ref_features == "ori" else ()
+        vv = layers if kind == "vv" else ()
+        ori = layers if kind == "ori" else ()
         with torch.inference_mode():
             enc = self.encoder(x, vv, ori)
-        source = enc.vv if vv else enc.ori
+        # "ori" as MuSc: the residual stream itself (patch_features LayerNorms it), not the
+        # LN_post + projection the token path compares with text
+        source = enc.vv if vv else enc.residual
         return [tokens_to_map(source[layer].float(), enc.grid) for layer in layers]
 
     def patch_set(self, samples: Sequence[Sample]) -> PatchSet:
@@ -138,15 +141,16 @@ class VisualSource:
         s = self.settings
         with torch.inference_mode():
             maps = self.layer_maps(samples)
-            feats = patch_features(maps, s.patch_radii, s.patch_grid)
+            size = self.input_size()
+            feats = patch_features(maps, s.patch_radii, s.patch_grid, input_size=size)
             if s.layer_fusion == "concat":
                 feats = concat_layers(feats)
-            grid = common_grid(maps, s.patch_grid)
+            grid = common_grid(maps, s.patch_grid, size)
             self._grid = grid
             return PatchSet(
                 {k: v.cpu() for k, v in feats.items()},
                 global_features(maps).cpu(),
-                layout_descriptor(maps).cpu(),
+                layout_descriptor(maps, grid).cpu(),
                 grid,
             )
 
@@ -157,10 +161,16 @@ class VisualSource:
                 h, w = self.timm.preprocess.size
                 maps = self.timm.encode(torch.zeros(1, 3, h, w))
             else:
-                n = len(self.settings.ref_token_layers(self.encoder.depth))
+                n = len(self.settings.ref_tokens(self.encoder.depth, patch_scorer=True)[1])
                 maps = [torch.zeros(1, 1, *self.encoder.grid)] * n
-            self._grid = common_grid(maps, self.settings.patch_grid)
+            self._grid = common_grid(maps, self.settings.patch_grid, self.input_size())
         return self._grid
+
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of what the feature source sees (a stride grid is relative to it)."""
+        if self.timm is not None:
+            return self.timm.preprocess.size
+        return self.clip.image_size, self.clip.image_size
 
     def bank_meta(self, object_name: str) -> BankMeta:
         """What a bank's features depend on (a loaded bank must match it)."""
@@ -174,15 +184,16 @@ class VisualSource:
             )  # fmt: skip
             name, layers = self.timm.name, tuple(s.visual_strides)
         else:
+            kind, layers = s.ref_tokens(self.encoder.depth, patch_scorer=True)
             bb = self.clip
             weights = Path(bb.pretrained)
             finger.update(
                 weights=str(weights.resolve()) if weights.is_file() else bb.pretrained,
                 input=[bb.image_size, bb.image_size], mean=list(bb.mean), std=list(bb.std),
-                ref_features=s.ref_features, vv_start_layer=s.vv_start_layer,
+                ref_features=kind, vv_start_layer=s.vv_start_layer,
+                tokens="residual" if kind == "ori" else "projected",
             )  # fmt: skip
             name = f"clip:{bb.name}"
-            layers = s.ref_token_layers(self.encoder.depth)
         return BankMeta(name, tuple(layers), tuple(s.patch_radii), self.grid(), finger,
                         s.layer_fusion)  # fmt: skip
 

@@ -33,10 +33,17 @@ def run_cli(*args, timeout=600):
     )  # fmt: skip
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+    # across exec: give the child the default disposition, as an interactive user's would have.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args):
     return subprocess.Popen(
         [sys.executable, "-m", "anoclip.cli", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
 
 

@@ -137,6 +137,38 @@ def test_bank_images_must_not_calibrate(tiny_config, random_checkpoint, folders,
     assert code == 2 and "share 4 image(s)" in capsys.readouterr().err
 
 
+def test_normals_are_the_bank_and_calibrate_leaving_themselves_out(
+    tiny_config, random_checkpoint, folders, tmp_path
+):
+    """The few-shot command of issue 10: `detect DIR --normal GOOD --visual-backbone ...`.
+    The --normal images form the bank, and each normal's calibration score is its score
+    against the bank of the other normals (a bank image matches itself at distance 0)."""
+    import json
+
+    from anoclip import Detector
+    from anoclip.calibrate import calibrate_normal
+
+    inputs, good = folders
+    out = tmp_path / "o"
+    assert detect(tiny_config, random_checkpoint, inputs, out, "--set", "fusion=visual",
+                  "--normal", str(good)) == 0  # fmt: skip
+    got = scores(out)
+    assert len(got) == 5 and all(0.0 <= v <= 1.0 for v in got.values())
+    thr = json.loads((out / "threshold.json").read_text())
+    # independently: score normal i against a bank built from the other three images only
+    det = Detector(str(tiny_config), "none", device="cpu", visual_size=64, fusion="visual",
+                   visual_backbone=SPEC, visual_pretrained=str(random_checkpoint))  # fmt: skip
+    normals = sorted(good.glob("*.png"))
+    loo = []
+    for i, path in enumerate(normals):
+        others = det.build_bank([p for j, p in enumerate(normals) if j != i], "screw")
+        loo.append(det.predict([path], "screw", False, bank=others)[0].score)
+    assert min(loo) > 0.0  # not the distance-0 self match
+    assert thr["inputs"]["leave_one_out"] is True and thr["inputs"]["n_normal"] == 4
+    want = calibrate_normal(loo, false_reject=0.01)  # the estimator on the LOO scores
+    assert thr["image_threshold"] == pytest.approx(want.image_threshold, abs=1e-6)
+
+
 def test_settings_validation():
     for bad, message in [
         ({"visual_backbone": "resnet50"}, "use clip or timm:<model name>"),
@@ -157,7 +189,7 @@ def test_python_api_bank_refuses_another_object(tiny_config, random_checkpoint, 
     det = Detector(str(tiny_config), "none", device="cpu", visual_size=64, fusion="visual",
                    **options)  # fmt: skip
     bank = det.build_bank(good, "screw")
-    assert bank.size == 4 * 16  # 4 images, 4×4 grid (stride 16 at 64 px)
+    assert bank.size == 4 * 36  # 4 images, 6×6 grid (patch_grid: stride 12 at 64 px)
     with pytest.raises(BankError, match="fingerprint.object screw vs nut"):
         det.predict([good / "000.png"], "nut", False, bank=bank)
 
@@ -187,3 +219,34 @@ def test_real_weights_find_a_pasted_defect_in_bank_mode(mvtec, quiet):
     peak = np.unravel_index(np.argmax(pasted.anomaly_map), pasted.anomaly_map.shape)
     assert mask[peak], "the map's maximum lies outside the pasted defect"
     assert pasted.score > clean.score
+
+
+def test_clip_patch_scorer_defaults_to_musc_tokens(tiny_backbone, folders, quiet):
+    """With visual_backbone="clip" the patch scorer's default features are the original-path
+    tokens of the quarter-depth blocks (MuSc's ViT-B layers 3, 6, 9, 12), checked against
+    forward hooks on open_clip's own residual blocks."""
+    from anoclip import Detector
+
+    inputs, _ = folders
+    det = Detector(backbone=tiny_backbone, fusion="visual")
+    samples = [det.prepare(p) for p in sorted(inputs.glob("*.png"))[:2]]
+    maps = det.visual.layer_maps(samples)
+    visual = tiny_backbone.model.visual
+    blocks = visual.transformer.resblocks
+    assert len(blocks) == 12 and len(maps) == 4
+    caught: dict[int, torch.Tensor] = {}
+    hooks = [blocks[i - 1].register_forward_hook(
+        lambda _m, _i, out, i=i: caught.__setitem__(i, out)) for i in (3, 6, 9, 12)]  # fmt: skip
+    try:
+        with torch.no_grad():
+            visual(torch.cat([s.tiles for s in samples]))
+    finally:
+        for h in hooks:
+            h.remove()
+    for got, layer in zip(maps, (3, 6, 9, 12)):
+        tokens = caught[layer]
+        if not getattr(visual.transformer, "batch_first", True):
+            tokens = tokens.transpose(0, 1)
+        h, w = got.shape[-2:]
+        want = tokens[:, 1:].reshape(len(samples), h, w, -1).permute(0, 3, 1, 2)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

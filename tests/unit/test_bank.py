@@ -131,3 +131,19 @@ def test_combine():
     assert combine(m, b, "max").tolist() == pytest.approx([0.3, 0.5])
     with pytest.raises(ValueError):
         combine(m, b, "sum")
+
+
+def test_leave_out_equals_a_bank_built_without_that_image():
+    feats = _features(5, seed=3)  # 5 images of 16 patches (the meta's 4×4 grid)
+    bank = NormalBank.build(feats, _meta())
+    assert bank.num_images == 5
+    query = _features(2, seed=9)
+    for i in range(5):
+        others = {k: torch.cat([v[:i], v[i + 1 :]]) for k, v in feats.items()}
+        want = NormalBank.build(others, _meta()).scores(query)
+        torch.testing.assert_close(bank.leave_out(i).scores(query), want, rtol=0, atol=0)
+    # an image scored against the bank without itself is not at distance 0
+    own = {k: v[2:3] for k, v in feats.items()}
+    assert float(bank.scores(own).max()) < 1e-6 < float(bank.leave_out(2).scores(own).min())
+    with pytest.raises(IndexError):
+        bank.leave_out(5)

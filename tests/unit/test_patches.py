@@ -84,6 +84,12 @@ def test_patch_features_brute_force_per_position():
     feats = patch_features(maps, radii=(1, 3), grid="finest")
     assert sorted(feats) == [(0, 1), (0, 3), (1, 1), (1, 3)]
     assert common_grid(maps, "finest") == (6, 6) and common_grid(maps, "coarsest") == (3, 3)
+    # a stride in input pixels: ⌈H/g⌉ × ⌈W/g⌉ whatever the layers' own grids
+    assert common_grid(maps, 12, (240, 240)) == (20, 20)
+    assert common_grid(maps, 16, (240, 250)) == (15, 16)
+    assert common_grid(maps, (4, 5)) == (4, 5)
+    with pytest.raises(ValueError, match="input size"):
+        common_grid(maps, 12)
     x0 = maps[0].numpy()
     for r in (1, 3):
         # layer 0 is on the finest grid already: LN per position, window mean, L2
@@ -176,9 +182,27 @@ def test_upsample_blur_and_image_scores():
     torch.testing.assert_close(gaussian_blur(maps, 0), maps)
 
 
-def test_layout_descriptor_uses_the_coarsest_map():
-    maps = _maps()
-    d = layout_descriptor(maps)
-    assert d.shape == (3, 7 * 9)
-    want = torch.nn.functional.normalize(layer_norm_channels(maps[1]).flatten(1), dim=-1)
-    torch.testing.assert_close(d, want)
+def test_layout_descriptor_on_the_common_grid():
+    maps = _maps()  # [3, 5, 6, 6] and [3, 7, 3, 3]
+    d = layout_descriptor(maps, (6, 6))
+    assert d.shape == (3, (5 + 7) * 36)
+    # brute force, numpy: LN over channels per position, the 3×3 layer bilinearly onto 6×6
+    # (align_corners=False: source coordinate (i + 0.5)/2 − 0.5, clamped), flatten, L2 per
+    # layer, concatenate, L2
+    parts = []
+    for m in maps:
+        x = m.double().numpy()
+        z = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+        h = z.shape[-1]
+        if h != 6:
+            src = np.clip((np.arange(6) + 0.5) * h / 6 - 0.5, 0, h - 1)
+            lo = np.floor(src).astype(int)
+            hi = np.minimum(lo + 1, h - 1)
+            t = src - lo
+            z = z[:, :, lo] * (1 - t)[:, None] + z[:, :, hi] * t[:, None]  # rows
+            z = z[..., lo] * (1 - t) + z[..., hi] * t  # columns
+        f = z.reshape(3, -1)
+        parts.append(f / np.linalg.norm(f, axis=1, keepdims=True))
+    want = np.concatenate(parts, axis=1)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(d.numpy(), want, atol=1e-5)

@@ -19,6 +19,7 @@ from anoclip.settings import (
     choices,
     differing_fields,
     fingerprint,
+    quarter_layers,
     ref_count,
 )
 
@@ -86,3 +87,28 @@ def test_ref_count(mode, refs, want):
 def test_ref_count_rejects(mode, refs):
     with pytest.raises(UsageError):
         ref_count(mode, refs)
+
+
+@pytest.mark.parametrize(
+    "depth,want", [(12, (3, 6, 9, 12)), (24, (6, 12, 18, 24)), (32, (8, 16, 24, 32)), (2, (1, 2))]
+)
+def test_quarter_layers(depth, want):
+    assert quarter_layers(depth) == want
+
+
+def test_ref_tokens_auto_per_path():
+    s = Settings()
+    assert s.ref_tokens(12) == ("vv", (12,))  # the token path: the Dual-Image design
+    assert s.ref_tokens(12, patch_scorer=True) == ("ori", (3, 6, 9, 12))  # MuSc's ViT-B choice
+    given = Settings(ref_features="vv", ref_layers=(6, 12))
+    assert given.ref_tokens(12, patch_scorer=True) == ("vv", (6, 12))
+    with pytest.raises(UsageError, match="outside"):
+        Settings(ref_layers=(13,)).ref_tokens(12)
+
+
+def test_patch_grid_is_a_stride_or_a_layer_grid():
+    assert Settings().patch_grid == 12
+    assert Settings(patch_grid="finest").patch_grid == "finest"
+    for bad in (0, "middle", True):
+        with pytest.raises(UsageError, match="patch_grid"):
+            Settings(patch_grid=bad)
