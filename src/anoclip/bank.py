@@ -6,8 +6,10 @@ normal patch, averaged over the (layer, radius) feature sets of patches.py:
     b(i, p) = mean_{l,r} min_{m ∈ M_{l,r}} ½(1 − ⟨f_{l,r}(i, p), m⟩)
 
 The search is exact and chunked over both queries and bank, so memory holds at most one
-`[q, m]` similarity block of `chunk_elems` floats. :func:`combine` fuses bank scores with
-mutual scores.
+`[q, m]` similarity block of `chunk_elems` floats. From about 10⁵ patches an approximate
+search pays (benchmarks/bank_search.py: faiss IVF, nprobe 8, 9× at 10⁵ and 28× at 10⁶
+patches, recall@1 ≥ 0.99, image scores within 3e-7): `search="ivf"` (Settings.bank_search,
+extra `ann`). :func:`combine` fuses bank scores with mutual scores.
 
 A bank file stores the features with what they depend on: the visual backbone name, the
 layers (stages), the radii, the grid and a settings fingerprint (a flat dict of the settings
@@ -18,6 +20,7 @@ the features depend on: image size, mean/std, checkpoint...). :meth:`NormalBank.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,10 +30,12 @@ from typing import Any
 import torch
 
 from .errors import BankError
+from .extras import require
 from .patches import Key
 
 FORMAT = "anoclip-bank/1"
 DEFAULT_CHUNK_ELEMS = 2**24  # 16 M floats = 64 MB per similarity block
+BANK_ROWS = 1024  # bank rows per similarity block (benchmarks/bank_search.py)
 
 
 @dataclass(frozen=True)
@@ -80,13 +85,40 @@ def differences(found: BankMeta, expected: BankMeta) -> list[str]:
     return out
 
 
+IVF_MIN_PATCHES = 50_000  # below: exact search < 0.2 s per image and feature set (bank_search.py)
+
+
+def ivf_distance(queries: torch.Tensor, index: Any, nprobe: int) -> torch.Tensor:
+    """Approximate nearest-neighbour distances `[Q]` from a faiss IVF inner-product index
+    (:func:`build_ivf`): the `nprobe` lists nearest to each query are searched exactly."""
+    index.nprobe = int(nprobe)
+    sims, _ = index.search(queries.float().contiguous().numpy(), 1)
+    return (0.5 * (1 - torch.from_numpy(sims[:, 0]))).clamp_(0.0, 1.0)
+
+
+def build_ivf(bank: torch.Tensor) -> Any:
+    """A faiss `IndexIVFFlat` (inner product) over the unit-norm bank `[M, C]`: nlist =
+    4·√M lists, k-means on ≤ 64 sampled patches per list (benchmarks/bank_search.py)."""
+    faiss = require("faiss", "ann", "bank_search='ivf'")
+    x = bank.float().contiguous().numpy()
+    dim, nlist = x.shape[1], max(1, int(4 * math.sqrt(x.shape[0])))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.max_points_per_centroid = 64
+    index.cp.seed = 0
+    index.train(x)
+    index.add(x)
+    return index
+
+
 def nearest_distance(
     queries: torch.Tensor, bank: torch.Tensor, chunk_elems: int = DEFAULT_CHUNK_ELEMS
 ) -> torch.Tensor:
     """Exact nearest-neighbour distances `[Q]` = min_m ½(1 − ⟨q, b_m⟩) for L2-normalised
-    queries `[Q, C]` and bank `[M, C]`, chunked so each similarity block has ≤ chunk_elems."""
+    queries `[Q, C]` and bank `[M, C]`, chunked so each similarity block has ≤ chunk_elems:
+    at most BANK_ROWS bank rows per block, so the matmul stays wide on the query side
+    (a whole 10⁶-patch bank per block left 17 queries per matmul: 5× slower)."""
     q_total, m_total = queries.shape[0], bank.shape[0]
-    m_chunk = max(1, min(m_total, chunk_elems))
+    m_chunk = max(1, min(m_total, BANK_ROWS, chunk_elems))
     q_chunk = max(1, chunk_elems // m_chunk)
     out = torch.empty(q_total)
     for qs in range(0, q_total, q_chunk):
@@ -105,6 +137,7 @@ class NormalBank:
 
     meta: BankMeta
     features: dict[Key, torch.Tensor]
+    _indexes: dict[Key, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, features: Mapping[Key, torch.Tensor], meta: BankMeta) -> NormalBank:
@@ -140,19 +173,37 @@ class NormalBank:
             raise BankError("added features do not have the bank's (layer, radius) sets")
         for k, v in features.items():
             self.features[k] = torch.cat([self.features[k], v.reshape(-1, v.shape[-1]).float()])
+        self._indexes.clear()
 
     def scores(
-        self, features: Mapping[Key, torch.Tensor], chunk_elems: int = DEFAULT_CHUNK_ELEMS
+        self,
+        features: Mapping[Key, torch.Tensor],
+        chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+        search: str = "exact",
+        nprobe: int = 8,
     ) -> torch.Tensor:
-        """Query patch features {(l, r): `[N, L, C_l]`} -> bank scores `[N, L]` in [0, 1]."""
+        """Query patch features {(l, r): `[N, L, C_l]`} -> bank scores `[N, L]` in [0, 1].
+
+        search: "exact" (:func:`nearest_distance`), or "ivf" (:func:`ivf_distance`, faiss,
+        extra `ann`) when the bank holds at least IVF_MIN_PATCHES patches; the index is
+        built on first use and kept with this bank (not saved with it)."""
         if sorted(features) != sorted(self.features):
             raise BankError(
                 f"query features {sorted(features)} do not match the bank's {sorted(self.features)}"
             )
+        if search not in ("exact", "ivf"):
+            raise ValueError(f"unknown bank search {search!r}: use exact or ivf")
         total = None
         for k, q in features.items():
             n, length, c = q.shape
-            d = nearest_distance(q.reshape(-1, c), self.features[k], chunk_elems).view(n, length)
+            flat = q.reshape(-1, c)
+            if search == "ivf" and self.size >= IVF_MIN_PATCHES:
+                if k not in self._indexes:
+                    self._indexes[k] = build_ivf(self.features[k])
+                d = ivf_distance(flat, self._indexes[k], nprobe)
+            else:
+                d = nearest_distance(flat, self.features[k], chunk_elems)
+            d = d.view(n, length)
             total = d if total is None else total + d
         assert total is not None
         return total / len(features)

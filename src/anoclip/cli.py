@@ -440,6 +440,10 @@ class Plan:
         self.refs = refs_arg(args)
         self.seed = args.seed
         self.bank = plan_bank(args)
+        if self.settings.bank_search == "ivf":
+            from .extras import check_installed  # no torch
+
+            check_installed("faiss", "ann", "bank_search=ivf")
         has_bank = self.bank.used or getattr(args, "train_bank", False)
         alone = getattr(args, "mode", "anoclip") == "anoclip"
         s = self.settings

@@ -4,6 +4,7 @@ Extras:
 
     export: onnx, onnxscript, onnxruntime, openvino  (anoclip.export, anoclip.engine)
     ray:    ray[data]                                (anoclip.ray_runner)
+    ann:    faiss-cpu                                (bank_search="ivf", anoclip.bank)
 """
 
 from __future__ import annotations

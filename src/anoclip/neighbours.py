@@ -8,14 +8,17 @@ defects away: with R = 1 (dual) or small k its distance is ~0 everywhere. Refere
 
 are skipped for query i, and the next most similar images are taken instead.
 
-RsCIN (MuSc, xrli-U/MuSc: models/modules/_RsCIN.py). With ŝ the min-max normalised image
-scores and W = G·Gᵀ the cosine similarities (self included, W_ii = 1), for each k keep each
-row's k largest entries (W^k), row-normalise and average:
+RsCIN (MuSc, xrli-U/MuSc: models/modules/_RsCIN.py). With s the image scores and
+W = G·Gᵀ the cosine similarities (self included, W_ii = 1; negative ones clipped to 0), for
+each k keep each row's k largest entries (W^k), row-normalise and average:
 
-    s'_i = 1/|K| Σ_{k ∈ K} Σ_j W^k_ij ŝ_j / Σ_j W^k_ij
+    s'_i = 1/|K| Σ_{k ∈ K} Σ_j W^k_ij s_j / Σ_j W^k_ij
 
-k = 1 returns ŝ (the self weight), larger k mixes in the most similar images. MuSc uses
-K = {1, 2, 3} on MVTec AD.
+k = 1 returns s (the self weight), larger k mixes in the most similar images. MuSc uses
+K = {1, 2, 3} on MVTec AD. MuSc first min-max normalises s over the set; each row here is a
+weighted mean (weights summing to 1), which commutes with that affine map, so the ranking
+(AUROC, AP) is the same, while the scores keep their own scale: a threshold calibrated on
+known-good images, scored as their own set, stays comparable with any other set's scores.
 """
 
 from __future__ import annotations
@@ -73,9 +76,7 @@ def nearest_references(
 def rscin(scores: torch.Tensor, glob: torch.Tensor, ks: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
     """Image scores `[N]` smoothed over their k most similar images (see module doc)."""
     s = scores.double()
-    span = s.max() - s.min()
-    s = (s - s.min()) / span if span > 0 else torch.zeros_like(s)
-    w = cosine_matrix(glob).double()
+    w = cosine_matrix(glob).double().clamp_(min=0.0)
     n = w.shape[0]
     outs = []
     for k in ks:

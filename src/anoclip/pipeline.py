@@ -11,6 +11,7 @@ public API on top (maps at the image's size, decisions).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from .bank import NormalBank, differences
 from .decisions import normal_items
 from .encode import check_precision, encode, tiles_of
 from .encoder import VVEncoder
-from .errors import BankError, ImageDecodeError, UsageError
+from .errors import AnoclipWarning, BankError, ImageDecodeError, UsageError
 from .images import ImageInput
 from .loading import Preparer, as_list, batches
 from .modes import ScoringContext, SetStore, score_each, score_set
@@ -34,7 +35,13 @@ from .settings import Mode, Runtime, Settings, fingerprint, ref_count, tta_kind
 from .synth import Textures
 from .text import TextBank, TextCache
 from .tta import AdamState, TTAOverrides
-from .visual_branch import PatchSet, VisualSource, score_patches, uses_patch_scorer
+from .visual_branch import (
+    PatchSet,
+    VisualSource,
+    score_patches,
+    unused_settings,
+    uses_patch_scorer,
+)
 
 
 class Pipeline:
@@ -158,6 +165,14 @@ class Pipeline:
         kind, num_refs = tta_kind(tta), ref_count(mode, refs)
         if not num_refs and bank is None and self.settings.fusion == "visual":
             raise UsageError("fusion=visual needs visual references: mode dual/mutual or a bank")
+        unused = unused_settings(self.settings, num_refs)
+        if unused:
+            warnings.warn(
+                f"{', '.join(unused)}: not used by the patch scorer (it picks references by "
+                "global feature and skips near-duplicates; see duplicate_threshold)",
+                AnoclipWarning,
+                stacklevel=3,
+            )
         if bank is not None:
             self.check_bank(bank, object_name)
         items = as_list(images)

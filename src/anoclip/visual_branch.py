@@ -213,8 +213,19 @@ def patch_scores(
     if bank is None:
         assert mutual is not None, "no references and no bank"
         return mutual
-    own = bank.scores(patches.feats)
+    own = bank.scores(patches.feats, search=s.bank_search, nprobe=s.bank_nprobe)
     return own if mutual is None else combine(mutual, own, s.bank_combine)
+
+
+def unused_settings(settings: Settings, refs: RefCount) -> list[str]:
+    """Token-path settings the patch scorer does not apply (it picks references by global
+    feature and guards against near-duplicates instead), as `name=value` for a warning."""
+    s, out = settings, []
+    if refs and s.ref_filter != "none":
+        out.append(f"ref_filter={s.ref_filter}")
+    if refs == 1 and s.pairing != "cls_nn":
+        out.append(f"pairing={s.pairing}")
+    return out
 
 
 def mode_name(refs: RefCount, bank: NormalBank | None) -> str:

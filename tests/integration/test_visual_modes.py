@@ -250,3 +250,14 @@ def test_clip_patch_scorer_defaults_to_musc_tokens(tiny_backbone, folders, quiet
         h, w = got.shape[-2:]
         want = tokens[:, 1:].reshape(len(samples), h, w, -1).permute(0, 3, 1, 2)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_token_path_settings_the_patch_scorer_ignores_are_named(tiny_backbone, folders):
+    from anoclip import Detector
+    from anoclip.errors import AnoclipWarning
+
+    inputs, _ = folders
+    det = Detector(backbone=tiny_backbone, fusion="visual", ref_filter="text", pairing="random")
+    paths = sorted(inputs.glob("*.png"))[:2]
+    with pytest.warns(AnoclipWarning, match="ref_filter=text, pairing=random: not used"):
+        det.predict(paths, "screw", False, mode="dual")

@@ -147,3 +147,35 @@ def test_leave_out_equals_a_bank_built_without_that_image():
     assert float(bank.scores(own).max()) < 1e-6 < float(bank.leave_out(2).scores(own).min())
     with pytest.raises(IndexError):
         bank.leave_out(5)
+
+
+def _big_bank(m=60_000, c=8):
+    feats = {(-1, 1): _unit(1, m, c, seed=5)}
+    return NormalBank.build(feats, _meta(layers=(0,), radii=(1,), grid=(1, m), fusion="concat"))
+
+
+def test_ivf_search_probing_every_list_equals_exact_search():
+    pytest.importorskip("faiss")
+    from anoclip.bank import build_ivf
+
+    bank = _big_bank()
+    query = {(-1, 1): _unit(2, 50, 8, seed=6)}
+    exact = bank.scores(query)
+    nlist = build_ivf(bank.features[(-1, 1)]).nlist
+    torch.testing.assert_close(bank.scores(query, search="ivf", nprobe=nlist), exact,
+                               rtol=0, atol=1e-6)  # fmt: skip
+    approx = bank.scores(query, search="ivf", nprobe=8)  # approximate: never below exact
+    assert bool((approx >= exact - 1e-6).all())
+
+
+def test_small_banks_stay_exact_and_a_missing_faiss_names_the_extra(monkeypatch):
+    import sys
+
+    from anoclip.extras import MissingExtraError
+
+    bank = NormalBank.build(_features(3, seed=3), _meta())  # 48 patches: exact even with ivf
+    query = _features(2, seed=9)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if not installed
+    torch.testing.assert_close(bank.scores(query, search="ivf"), bank.scores(query))
+    with pytest.raises(MissingExtraError, match=r"anoclip\[ann\]"):
+        _big_bank().scores({(-1, 1): _unit(1, 4, 8, seed=7)}, search="ivf")

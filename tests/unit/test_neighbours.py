@@ -60,13 +60,18 @@ def test_guard_never_leaves_an_image_without_references():
 def test_rscin_equals_a_loop_over_k_nearest_including_self():
     x = _glob(n=7)
     s = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.7, 0.2, 0.4])
-    c = _cos(x)
-    norm = (s.numpy() - 0.1) / 0.8
+    c = np.maximum(_cos(x), 0.0)
+    raw = s.numpy().astype(np.float64)
+    norm = (raw - 0.1) / 0.8  # MuSc's min-max normalised scores
     ks = (1, 2, 3)
-    want = np.zeros(7)
+    want, musc = np.zeros(7), np.zeros(7)
     for i in range(7):
         for k in ks:
             top = np.argsort(-c[i], kind="stable")[:k]  # self first (cos 1)
-            want[i] += sum(c[i, j] * norm[j] for j in top) / sum(c[i, j] for j in top) / len(ks)
-    np.testing.assert_allclose(rscin(s, x, ks).numpy(), want, atol=1e-6)
-    np.testing.assert_allclose(rscin(s, x, (1,)).numpy(), norm, atol=1e-6)  # k = 1: itself
+            weights = sum(c[i, j] for j in top)
+            want[i] += sum(c[i, j] * raw[j] for j in top) / weights / len(ks)
+            musc[i] += sum(c[i, j] * norm[j] for j in top) / weights / len(ks)
+    got = rscin(s, x, ks).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose((got - 0.1) / 0.8, musc, atol=1e-6)  # MuSc's, up to its scale
+    np.testing.assert_allclose(rscin(s, x, (1,)).numpy(), raw, atol=1e-6)  # k = 1: itself
