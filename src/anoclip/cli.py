@@ -737,10 +737,10 @@ def calibrate_on_normals(
             "their own set) and the inputs are on different scales; prefer fusion=linear"
         )
     print(f"anoclip: calibrating on {len(decisions.normals)} known-good image(s)", file=sys.stderr)
+    loo = {"normals_are_bank": True} if plan.bank.from_normals else {}  # Detector only
     threshold = det.calibrate(
         [str(p) for p in decisions.normals], args.object, decisions.false_reject, plan.tta,
-        mode=args.mode, refs=plan.refs, settings_id=thr_id, progress=True, bank=bank,
-        normals_are_bank=plan.bank.from_normals,
+        mode=args.mode, refs=plan.refs, settings_id=thr_id, progress=True, bank=bank, **loo,
     )  # fmt: skip
     inputs = {**threshold.inputs, "normal_inputs": [str(Path(d).resolve()) for d in args.normal]}
     return dataclasses.replace(threshold, inputs=inputs)
