@@ -448,7 +448,7 @@ class Plan:
         alone = getattr(args, "mode", "anoclip") == "anoclip"
         s = self.settings
         normals = getattr(args, "normal", None)
-        if (s.visual_backbone != "clip" or s.fusion == "visual") and alone and not has_bank:
+        if s.patch_scorer and alone and not has_bank:
             if normals:
                 # few-shot: the known-good images are the bank; each calibrates the threshold
                 # against the bank without itself (Detector.calibrate(normals_are_bank=True))
@@ -481,10 +481,7 @@ def run_detect(args: argparse.Namespace) -> int:
     paths = detect_inputs(args)
     engine = engine_plan(args, plan.settings, plan.runtime)
     ray = ray_plan(args)
-    s = plan.settings
-    if (engine is not None or ray is not None) and (
-        s.visual_backbone != "clip" or s.fusion == "visual" or plan.bank.used
-    ):
+    if (engine is not None or ray is not None) and (plan.settings.patch_scorer or plan.bank.used):
         raise UsageError(
             f"{'--engine' if engine is not None else '--ray'} runs the CLIP text branch and "
             "token references only: drop --visual-backbone, fusion=visual and banks"

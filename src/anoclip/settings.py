@@ -195,6 +195,12 @@ class Settings:
             )
         return tuple(layers)
 
+    @property
+    def patch_scorer(self) -> bool:
+        """Whether the patch scorer runs even without a bank: a timm visual backbone, or
+        fusion="visual" (otherwise only a bank brings it in; visual_branch.uses_patch_scorer)."""
+        return self.visual_backbone != CLIP_VISUAL or self.fusion == "visual"
+
     def ref_tokens(self, depth: int, patch_scorer: bool = False) -> tuple[str, tuple[int, ...]]:
         """(features, 1-based layers) of the visual-branch CLIP tokens, "auto" resolved: the
         token path -> ("vv", (depth,)); the patch scorer -> ("ori", quarter-depth blocks)."""

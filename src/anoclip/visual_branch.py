@@ -64,9 +64,7 @@ from .visual import VisualBackbone, VisualPreprocess, load_visual_backbone
 
 def uses_patch_scorer(settings: Settings, bank: NormalBank | None = None) -> bool:
     """Whether the patch scorer runs (else modes.py's V-V token path, unchanged)."""
-    return (
-        settings.visual_backbone != CLIP_VISUAL or settings.fusion == "visual" or bank is not None
-    )
+    return settings.patch_scorer or bank is not None
 
 
 @dataclass
