@@ -67,17 +67,19 @@ class VVEncoder(nn.Module):
         images: torch.Tensor,
         layers: Sequence[int] = (),
         ori_layers: Sequence[int] = (),
+        with_vv: bool = True,
     ) -> EncoderOutput:
         """Encode `images` `[B, 3, H, W]` (normalised, at the tower's input size).
 
         `layers`: 1-based layers whose V-V tokens are returned (default: the last one).
         `ori_layers`: 1-based layers whose original-path patch tokens are returned.
+        `with_vv=False`: the original path only (no V-V tokens computed; `layers` unused).
         """
-        layers = tuple(layers) or (self.depth,)
+        layers = (tuple(layers) or (self.depth,)) if with_vv else ()
         for layer in (*layers, *ori_layers):
             if not 1 <= layer <= self.depth:
                 raise ValueError(f"layer {layer} outside [1, {self.depth}]")
-        if min(layers) < self.vv_start_layer:
+        if layers and min(layers) < self.vv_start_layer:
             raise ValueError(
                 f"V-V layers {layers} start before vv_start_layer={self.vv_start_layer}"
             )
@@ -86,9 +88,9 @@ class VVEncoder(nn.Module):
         vv_snap: dict[int, torch.Tensor] = {}
         ori_snap: dict[int, torch.Tensor] = {}
         for index, block in enumerate(towers.blocks(self.visual), start=1):
-            with_vv = index >= self.vv_start_layer and index <= max(layers)
-            h_next, o_vv = _dual_block(towers.block_parts(block), h, with_vv)
-            if with_vv:
+            vv_here = self.vv_start_layer <= index <= max(layers, default=0)
+            h_next, o_vv = _dual_block(towers.block_parts(block), h, vv_here)
+            if vv_here:
                 z = (h if z is None else z) + o_vv
                 if index in layers:
                     vv_snap[index] = z[:, 1:]

@@ -128,7 +128,7 @@ class VisualSource:
         vv = layers if kind == "vv" else ()
         ori = layers if kind == "ori" else ()
         with torch.inference_mode():
-            enc = self.encoder(x, vv, ori)
+            enc = self.encoder(x, vv, ori, with_vv=bool(vv))
         # "ori" as MuSc: the residual stream itself (patch_features LayerNorms it), not the
         # LN_post + projection the token path compares with text
         source = enc.vv if vv else enc.residual
