@@ -221,7 +221,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--view-engine",
         default=Runtime.view_engine,
         choices=choices(ViewEngine),
-        help="what runs the 21 augmented views (openvino: CPU, pip install anoclip[export])",
+        help="what runs the 21 augmented views (openvino, onnxruntime: CPU, "
+        "pip install anoclip[export])",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="image decoding workers")

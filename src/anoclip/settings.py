@@ -35,7 +35,7 @@ NoiseMode = Literal["gaussian", "masked"]
 ClassNames = Literal["clean", "verbatim"]
 Domain = Literal["auto", "object", "texture"]
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
-ViewEngine = Literal["fused", "open_clip", "openvino"]
+ViewEngine = Literal["fused", "open_clip", "openvino", "onnxruntime"]
 Tiling = Literal["none", "auto", "two_tile"]
 TextEnsemble = Literal["anovl", "normalized"]
 Pairing = Literal["cls_nn", "matching", "random"]
@@ -296,8 +296,8 @@ class Runtime:
     autocast on the CPU too; "int8" dynamic int8 Linear layers for the 21 augmented views
     on the CPU. Reduced precisions move scores and maps slightly (benchmarks/speed.py).
     view_engine: what runs the 21 augmented views of the 22-view image score (see
-    :mod:`anoclip.plain`): "fused" (default), "open_clip" (the tower's own forward), or
-    "openvino" (CPU; optional extra ``export``).
+    :mod:`anoclip.plain`): "fused" (default), "open_clip" (the tower's own forward),
+    "openvino" or "onnxruntime" (CPU; optional extra ``export``; equal float32 outputs).
     """
 
     batch_size: int = 8
@@ -314,6 +314,10 @@ class Runtime:
         _check(
             self.precision != "int8" or self.view_engine == "fused",
             "precision='int8' needs view_engine='fused'",
+        )
+        _check(
+            self.view_engine != "onnxruntime" or self.precision == "fp32",
+            "view_engine='onnxruntime' runs in float32 only (precision='fp32')",
         )
 
     @classmethod

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -55,9 +57,11 @@ def test_reduced_precision_runs_on_the_cpu(tiny_backbone, paths, reference, prec
     assert all(np.isfinite(p.anomaly_map).all() for p in preds)
 
 
-def test_openvino_views_keep_fp32_outputs(tiny_backbone, paths):
-    """view_engine="openvino" (f32 inference precision) scores as open_clip's forward."""
-    pytest.importorskip("openvino")
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_runtime_views_keep_fp32_outputs(tiny_backbone, paths, engine):
+    """view_engine="openvino" (f32 inference precision) and "onnxruntime" score as
+    open_clip's own forward."""
+    pytest.importorskip(engine)
     import anoclip.encode as enc
     from anoclip.plain import plain_forward
     from anoclip.scoring import image_scores
@@ -72,7 +76,18 @@ def test_openvino_views_keep_fp32_outputs(tiny_backbone, paths):
                            tta="none", plain=plain)  # fmt: skip
         return image_scores(feats.cls_cos, det.settings.temperature, [1, 1]).numpy()
 
-    assert np.abs(scores("openvino") - scores("open_clip")).max() <= TOL
+    assert np.abs(scores(engine) - scores("open_clip")).max() <= TOL
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_runtime_views_name_their_extra(tiny_backbone, monkeypatch, engine):
+    """Without the runtime installed: one error naming `pip install anoclip[export]`."""
+    from anoclip.extras import MissingExtraError
+    from anoclip.plain import plain_forward
+
+    monkeypatch.setitem(sys.modules, engine, None)  # `import engine` raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install anoclip\[export\]"):
+        plain_forward(tiny_backbone.model.visual, engine=engine)
 
 
 def test_precision_refusals(tiny_backbone, monkeypatch):

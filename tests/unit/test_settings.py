@@ -36,9 +36,11 @@ def test_choices_come_from_the_literals():
 
 def test_runtime_refuses_int8_outside_the_fused_views():
     assert Runtime(precision="int8").view_engine == "fused"
-    for engine in ("open_clip", "openvino"):
+    for engine in ("open_clip", "openvino", "onnxruntime"):
         with pytest.raises(UsageError, match="int8.*fused"):
             Runtime(precision="int8", view_engine=engine)
+    with pytest.raises(UsageError, match="onnxruntime.*float32"):
+        Runtime(precision="bf16", view_engine="onnxruntime")
     with pytest.raises(UsageError, match="view_engine"):
         Runtime(view_engine="torch")
 
