@@ -170,7 +170,7 @@ def run_anovl(cfg: Config, model_key: str, paths: list[str], bank) -> dict:
     return {"times": times, "outs": outs, "rates": probe.rates}
 
 
-def run_anoclip(cfg: Config, model_key: str, paths: list[str], bank, batch: int, tmp: str):
+def run_anoclip(cfg: Config, model_key: str, paths: list[str], bank, batch: int):
     from anoclip import Detector
 
     det = Detector(backbone=load(model_key), batch_size=cfg.batch or batch, **cfg.options)
@@ -262,13 +262,12 @@ def worker(cfg: Config, model_key: str, paths: list[str], text: str, batch: int,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bank = torch.load(text, weights_only=False)["bank"]
-    with tempfile.TemporaryDirectory() as tmp:
-        if cfg.kind == "anovl":
-            res = run_anovl(cfg, model_key, paths, bank)
-        elif cfg.kind == "anoclip":
-            res = run_anoclip(cfg, model_key, paths, bank, batch, tmp)
-        else:
-            res = run_winclip(cfg, model_key, paths)
+    if cfg.kind == "anovl":
+        res = run_anovl(cfg, model_key, paths, bank)
+    elif cfg.kind == "anoclip":
+        res = run_anoclip(cfg, model_key, paths, bank, batch)
+    else:
+        res = run_winclip(cfg, model_key, paths)
     res["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     outs = res.pop("outs")
     np.savez(out, *[o[1] for o in outs], scores=np.array([o[0] for o in outs]))
