@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,31 +298,43 @@ def measure(cfg, model_key, paths, text, batch, tmp, tag) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------- FLOPs
 
 
-def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Peak matmul rates (FLOP/s, best of `repeats`): float32 by MKL (``a @ b``) and by
-    oneDNN (mkldnn linear), bfloat16, dynamic int8 Linear (fbgemm)."""
-    from torch.utils import mkldnn
-
+def matmul_calls(n: int, kinds: tuple[str, ...]) -> dict[str, Callable[[], object]]:
+    """n×n matmuls by kind: "fp32_mkl" (``a @ b``), "fp32_onednn" (mkldnn linear), "bf16",
+    "int8" (dynamic int8 Linear, fbgemm); only the `kinds` asked for are built."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     lin = torch.nn.Linear(n, n, bias=False)
+    calls: dict[str, Callable[[], object]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dnn = mkldnn.to_mkldnn(torch.nn.Sequential(lin))
-        q8 = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear})
-    a16, b16 = a.bfloat16(), b.bfloat16()
-    calls = {
-        "fp32_mkl": lambda: a @ b,
-        "fp32_onednn": lambda: dnn(a),
-        "bf16": lambda: a16 @ b16,
-        "int8": lambda: q8(a),
-    }
+        if "fp32_mkl" in kinds:
+            calls["fp32_mkl"] = lambda: a @ b
+        if "fp32_onednn" in kinds:
+            from torch.utils import mkldnn
+
+            dnn = mkldnn.to_mkldnn(torch.nn.Sequential(lin))
+            calls["fp32_onednn"] = lambda: dnn(a)
+        if "bf16" in kinds:
+            a16, b16 = a.bfloat16(), b.bfloat16()
+            calls["bf16"] = lambda: a16 @ b16
+        if "int8" in kinds:
+            from torch.ao.quantization import quantize_dynamic
+
+            q8 = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear})
+            calls["int8"] = lambda: q8(a)
+    return calls
+
+
+def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Peak matmul rates (FLOP/s, best of `repeats` bursts) of :func:`matmul_calls`;
+    "fp32" = the better of MKL and oneDNN."""
     from anoclip.encode import cpu_has_bf16
 
-    if not cpu_has_bf16():  # hundreds of times slower than fp32: not timed
-        del calls["bf16"]
+    kinds = ("fp32_mkl", "fp32_onednn", "int8")
+    if cpu_has_bf16():  # else hundreds of times slower than fp32: not timed
+        kinds += ("bf16",)
     rates = {}
     with torch.inference_mode():
-        for name, call in calls.items():
+        for name, call in matmul_calls(n, kinds).items():
             call()
             best = min(_timed(call) for _ in range(repeats))
             rates[name] = 2 * n**3 / best
@@ -358,18 +371,9 @@ class Probe:
 
     def __init__(self, kinds: tuple[str, ...] = ("fp32",), seconds: float = 1.0, n: int = 2048):
         self.seconds, self.n = seconds, n
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        calls = {"fp32": lambda: a @ b}
-        if "int8" in kinds:
-            from torch.ao.quantization import quantize_dynamic
-
-            lin = torch.nn.Linear(n, n, bias=False)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                q8 = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear})
-            calls["int8"] = lambda: q8(a)
-        self.calls = calls
-        self.rates: dict[str, list[float]] = {k: [] for k in calls}
+        calls = matmul_calls(n, tuple("fp32_mkl" if k == "fp32" else k for k in kinds))
+        self.calls = {("fp32" if k == "fp32_mkl" else k): c for k, c in calls.items()}
+        self.rates: dict[str, list[float]] = {k: [] for k in self.calls}
 
     def __call__(self) -> None:
         with torch.inference_mode():

@@ -36,6 +36,7 @@ from .patches import Key
 FORMAT = "anoclip-bank/1"
 DEFAULT_CHUNK_ELEMS = 2**24  # 16 M floats = 64 MB per similarity block
 BANK_ROWS = 1024  # bank rows per similarity block (benchmarks/bank_search.py)
+IVF_MIN_PATCHES = 50_000  # below: exact search < 0.2 s per image and feature set (bank_search.py)
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,6 @@ def differences(found: BankMeta, expected: BankMeta) -> list[str]:
         if va != vb:
             out.append(f"fingerprint.{n} {va} vs {vb}")
     return out
-
-
-IVF_MIN_PATCHES = 50_000  # below: exact search < 0.2 s per image and feature set (bank_search.py)
 
 
 def ivf_distance(queries: torch.Tensor, index: Any, nprobe: int) -> torch.Tensor:
