@@ -1,7 +1,7 @@
 """Benchmark: does approximate nearest-neighbour search earn its place in bank mode? (issue 10)
 
 A bank of known-good patches is searched once per query patch. anoclip searches it exactly
-(:func:`anoclip.bank.nearest_distance`: one matmul per similarity block of ≤ 64 MB and
+(:func:`anoclip.references.bank.nearest_distance`: one matmul per similarity block of ≤ 64 MB and
 ≤ 1,024 bank rows, the maximum kept, memory bounded). This script measures that against
 faiss (`faiss-cpu`, extra `bench`): its exact `IndexFlatIP`, an IVF index (`IndexIVFFlat`,
 nlist = 4·√M, k-means on ≤ 64 sampled patches per list, nprobe 8 and 32) and HNSW
@@ -39,11 +39,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from anoclip.bank import nearest_distance  # noqa: E402
-from anoclip.datasets import load_dataset  # noqa: E402
-from anoclip.patches import concat_layers, patch_features  # noqa: E402
+from anoclip.data.datasets import load_dataset  # noqa: E402
+from anoclip.references.bank import nearest_distance  # noqa: E402
+from anoclip.references.patches import concat_layers, patch_features  # noqa: E402
+from anoclip.references.timm_backbone import load_visual_backbone  # noqa: E402
 from anoclip.settings import Settings  # noqa: E402
-from anoclip.visual import load_visual_backbone  # noqa: E402
 
 DATA = REPO.parent / "shared/data/mvtec_ad"
 HELD_OUT = 8

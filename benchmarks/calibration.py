@@ -1,7 +1,7 @@
 """Simulated behaviour of the label-free image threshold (the table in calibrate.py).
 
 For each score distribution and number of normals n, draw n normal scores, calibrate the
-threshold t with `anoclip.calibrate.image_threshold` (target false-reject rate α = 1 %,
+threshold t with `anoclip.decide.calibrate.image_threshold` (target false-reject rate α = 1 %,
 confidence γ = 0.9), and compute the achieved false-reject rate exactly as 1 − F(t): the
 limit of infinitely many fresh normals. Repeat 4,000 times per cell.
 
@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 from scipy import stats
 
-from anoclip.calibrate import order_statistic_rank, upper_quantile_bound
+from anoclip.decide.calibrate import order_statistic_rank, upper_quantile_bound
 
 DISTRIBUTIONS = {
     "normal": stats.norm(),

@@ -21,8 +21,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anoclip.visual import (  # noqa: E402
-    VisualPreprocess,
+from anoclip.data.preprocess import VisualPreprocess  # noqa: E402
+from anoclip.references.timm_backbone import (  # noqa: E402
     convert_efficientnet_pytorch,
     load_visual_backbone,
     read_state_dict,

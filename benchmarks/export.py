@@ -8,7 +8,7 @@ One export process writes the files (ONNX, OpenVINO IR); then each engine runs i
 process (so its peak RSS is its own) over the same images, one run each:
 
     model:      the graph alone, batch 1, on the same preprocessed tensors
-                (PyTorch: anoclip.export.ZeroShotScorer under inference_mode — the module
+                (PyTorch: anoclip.deploy.convert.ZeroShotScorer under inference_mode — the module
                 that was exported; onnxruntime / OpenVINO: the exported file)
     end-to-end: file -> score + map at the image's size, batch 1
                 (PyTorch: Detector(image_score=...).predict(tta=False); others: Engine)
@@ -67,7 +67,7 @@ def detector(model_key: str, views: int, threads: int):
 
 
 def do_export(model_key: str, views: int, threads: int, out: str, lowp: bool) -> dict:
-    from anoclip.export import export_model, openvino_from_onnx
+    from anoclip.deploy.convert import export_model, openvino_from_onnx
 
     det = detector(model_key, views, threads)
     det.text_bank(OBJECT)
@@ -107,10 +107,10 @@ def run_engine(
 ) -> dict:
     """One engine over `paths`: model-only and end-to-end times, outputs for Δ.
 
-    onnxruntime / OpenVINO run through anoclip.engine_helper alone (numpy + Pillow + the
+    onnxruntime / OpenVINO run through anoclip.data.standalone alone (numpy + Pillow + the
     runtime, no torch import), as a deployment would.
     """
-    from anoclip import engine_helper as h  # imports neither torch nor the model stack
+    from anoclip.data import standalone as h  # imports neither torch nor the model stack
 
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -118,7 +118,7 @@ def run_engine(
     if engine == "pytorch":
         import torch
 
-        from anoclip.export import scorer_for
+        from anoclip.deploy.convert import scorer_for
 
         det = detector(model_key, views, threads)
         det.text_bank(OBJECT)

@@ -55,7 +55,7 @@ def pipeline_worker(mode: str, tta: str, out: str) -> None:
 
 
 def tokens_worker(n: int, side: int, refs: str, out: str) -> None:
-    from anoclip.references import nn_distances, reference_sets
+    from anoclip.references.distances import nn_distances, reference_sets
 
     length, dim = side * side, 640
     gen = torch.Generator().manual_seed(0)

@@ -23,9 +23,9 @@ import warnings
 from pathlib import Path
 
 from anoclip import Detector, Runtime, Settings
-from anoclip.evaluate import EvalOptions, evaluate, mean_row
-from anoclip.metrics import NAMES
-from anoclip.published import means_for
+from anoclip.evaluation.metrics import NAMES
+from anoclip.evaluation.protocol import EvalOptions, evaluate, mean_row
+from anoclip.evaluation.published import means_for
 from anoclip.settings import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from anoclip.settings import preset as protocol_preset
 

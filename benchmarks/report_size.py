@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anoclip import calibrate, report
+from anoclip.decide import calibrate
+from anoclip.results import report
 
 REPO = Path(__file__).resolve().parents[1]
 MVTEC = REPO.parent / "shared" / "data" / "mvtec_ad"

@@ -9,7 +9,7 @@ Rows (per-image times, medians; random weights, speed does not depend on their v
 * **anoclip fp32** rows: ``Detector.predict`` with the default settings (22-view score, 5 TTA
   steps), each row one lever on the 21 augmented views of the image score, all keeping
   float32 outputs (max |Δ| printed): open_clip's own forward (the previous default), fused
-  attention with a CLS-only last block (the default now, ``anoclip.plain.plain_cls``),
+  attention with a CLS-only last block (the default now, ``anoclip.clip.plain.plain_cls``),
   1 thread, batch 1, torch.compile (inductor, freezing), ONNX Runtime and OpenVINO (f32
   hint; ``view_engine="onnxruntime"`` / ``"openvino"``).
 * **Reduced precision** (opt-in, ``Runtime(precision=...)``): bf16 CPU autocast, dynamic int8
@@ -120,8 +120,8 @@ def load(model_key: str):
 
 def text_worker(model_key: str, out: str) -> None:
     """Encode the object's prompt ensemble once (anoclip's default "full" text path)."""
-    from anoclip.prompts import is_texture, prompt_name
-    from anoclip.text import build_text_bank
+    from anoclip.clip.prompts import is_texture, prompt_name
+    from anoclip.clip.text import build_text_bank
 
     backbone = load(model_key)
     start = time.perf_counter()
@@ -141,11 +141,11 @@ def preload_text(det, bank) -> None:
 def views_lever(kind: str, visual: torch.nn.Module):
     """The plain-view function images `[B, 3, S, S]` -> CLS `[B, C]` of the one lever the
     package does not offer, ``torch.compile`` (inductor, freezing: weights folded as
-    constants, float32 GEMMs by oneDNN) of :class:`anoclip.plain.PlainCLS`. Compilation
+    constants, float32 GEMMs by oneDNN) of :class:`anoclip.clip.plain.PlainCLS`. Compilation
     happens on first call (timed by the caller as setup)."""
     import torch._inductor.config as inductor
 
-    from anoclip.plain import PlainCLS
+    from anoclip.clip.plain import PlainCLS
 
     assert kind == "compile", kind
     inductor.freezing = True
@@ -233,7 +233,7 @@ def winclip_model(model_key: str):
 
 
 def run_winclip(cfg: Config, model_key: str, paths: list[str]) -> dict:
-    from anoclip.loading import Preparer
+    from anoclip.data.loading import Preparer
 
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -327,7 +327,7 @@ def matmul_calls(n: int, kinds: tuple[str, ...]) -> dict[str, Callable[[], objec
 def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     """Peak matmul rates (FLOP/s, best of `repeats` bursts) of :func:`matmul_calls`;
     "fp32" = the better of MKL and oneDNN."""
-    from anoclip.encode import cpu_has_bf16
+    from anoclip.clip.features import cpu_has_bf16
 
     kinds = ("fp32_mkl", "fp32_onednn", "int8")
     if cpu_has_bf16():  # else hundreds of times slower than fp32: not timed
@@ -397,10 +397,10 @@ def flops(fn, *args) -> float:
 def cost_model(model_key: str, bank) -> dict[str, float]:
     """Forward FLOPs per image: V-V encoder pass, plain tower (open_clip / fused CLS-only),
     TTA (5 steps, forward + backward), WinCLIP zero-shot, one mutual reference."""
-    from anoclip.encoder import VVEncoder
-    from anoclip.plain import plain_forward
+    from anoclip.clip.encoder import VVEncoder
+    from anoclip.clip.plain import plain_forward
+    from anoclip.clip.tta import adapt_tokens
     from anoclip.settings import Settings
-    from anoclip.tta import adapt_tokens
 
     backbone = load(model_key)
     visual = backbone.model.visual
@@ -455,7 +455,7 @@ def available(cfg: Config) -> str | None:
     import importlib.util
 
     if cfg.options.get("precision") == "bf16":
-        from anoclip.encode import cpu_has_bf16
+        from anoclip.clip.features import cpu_has_bf16
 
         if not cpu_has_bf16():
             return "not supported: this CPU has no bf16 kernels (AVX512 / AMX); anoclip refuses it"

@@ -35,7 +35,7 @@ Where it departs from ``vl_test.py``, so that its outputs can be compared with
   (``optimizer.state.clear()``), which is exactly a fresh AdamW.
 * **Random draws.** The reference calls ``reset_parameters()`` and ``torch.normal`` on the
   global RNG; the oracle copies anoclip's seeded draws of the same distributions
-  (:func:`anoclip.tta.init_adapter`, :func:`anoclip.tta.draw_noise`, generator seeded
+  (:func:`anoclip.clip.tta.init_adapter`, :func:`anoclip.clip.tta.draw_noise`, generator seeded
   with `seed` per image) into the nn.Linear and onto the tokens.
 * **Input and output.** Decoding and preprocessing are anoclip's (both sides must see
   the same tensor); the map is resized to the image size and clamped to [0, 1] as
@@ -48,15 +48,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anoclip.backbone import Backbone
-from anoclip.encoder import VVEncoder
-from anoclip.images import ImageInput
-from anoclip.loading import Preparer
-from anoclip.preprocess import resize_map
-from anoclip.prompts import is_texture, prompt_name, sentences
+from anoclip.clip.backbone import Backbone
+from anoclip.clip.encoder import VVEncoder
+from anoclip.clip.prompts import is_texture, prompt_name, sentences
+from anoclip.clip.tta import draw_noise, init_adapter
+from anoclip.clip.views import augmented_views
+from anoclip.data.images import ImageInput
+from anoclip.data.loading import Preparer
+from anoclip.data.preprocess import resize_map
 from anoclip.settings import Settings
-from anoclip.tta import draw_noise, init_adapter
-from anoclip.views import augmented_views
 
 
 def anovl_loss(pred: torch.Tensor) -> torch.Tensor:

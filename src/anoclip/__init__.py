@@ -26,11 +26,11 @@ _EXPORTS = {
     "Settings": "settings",
     "Failure": "records",
     "Prediction": "records",
-    "Backbone": "backbone",
-    "load_backbone": "backbone",
+    "Backbone": "clip.backbone",
+    "load_backbone": "clip.backbone",
     "Detector": "detector",
-    "Threshold": "calibrate",
-    "decide_all": "decisions",
+    "Threshold": "threshold",
+    "decide_all": "decide.decisions",
 }
 
 __all__ = [
@@ -53,11 +53,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .backbone import Backbone, load_backbone
-    from .calibrate import Threshold
-    from .decisions import decide_all
-    from .detector import Detector
-    from .errors import (
+    from anoclip.clip.backbone import Backbone, load_backbone
+    from anoclip.decide.decisions import decide_all
+    from anoclip.detector import Detector
+    from anoclip.errors import (
         AnoclipError,
         AnoclipWarning,
         BackboneError,
@@ -65,8 +64,9 @@ if TYPE_CHECKING:
         UsageError,
         WeightsUnavailableError,
     )
-    from .records import Failure, Prediction
-    from .settings import Runtime, Settings
+    from anoclip.records import Failure, Prediction
+    from anoclip.settings import Runtime, Settings
+    from anoclip.threshold import Threshold
 
 
 def __getattr__(name: str) -> Any:

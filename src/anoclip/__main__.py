@@ -1,5 +1,5 @@
 """`python -m anoclip`: the command-line tool."""
 
-from .cli import main
+from anoclip.cli import main
 
 raise SystemExit(main())

@@ -2,10 +2,10 @@
 
     load the model -> Pipeline.iter_scored (load -> encode -> score each image alone, or
     the set together) -> Prediction (map resized to the image `[H, W]`) -> decision
-    (with a threshold: "defect" ⟺ score > t, :mod:`anoclip.decisions`)
+    (with a threshold: "defect" ⟺ score > t, :mod:`anoclip.decide.decisions`)
 
 :meth:`Detector.calibrate` scores known-good images exactly as test images will be scored
-and returns a :class:`~anoclip.calibrate.Threshold`; ``predict(..., threshold=t)`` fills
+and returns a :class:`~anoclip.decide.calibrate.Threshold`; ``predict(..., threshold=t)`` fills
 ``Prediction.decision`` / ``ratio``; ``threshold="unsupervised"`` (or :func:`decide_all`)
 applies the label-free outlier rule to the predicted set itself.
 """
@@ -18,17 +18,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .backbone import Backbone, load_backbone
-from .bank import NormalBank
-from .calibrate import DEFAULT_CONFIDENCE, DEFAULT_FALSE_REJECT, Threshold
-from .decisions import check_calibration, decide_all, normal_items, threshold_from
-from .engine_helper import capped_size as capped
-from .errors import ImageDecodeError, UsageError
-from .images import ImageInput
-from .pipeline import Pipeline
-from .preprocess import resize_map
-from .records import Failure, Prediction
-from .settings import (
+from anoclip.clip.backbone import Backbone, load_backbone
+from anoclip.data.images import ImageInput
+from anoclip.data.preprocess import resize_map
+from anoclip.data.standalone import capped_size as capped
+from anoclip.decide.calibrate import DEFAULT_CONFIDENCE, DEFAULT_FALSE_REJECT
+from anoclip.decide.decisions import check_calibration, decide_all, normal_items, threshold_from
+from anoclip.errors import ImageDecodeError, UsageError
+from anoclip.pipeline import Pipeline
+from anoclip.records import Failure, Prediction
+from anoclip.references.bank import NormalBank
+from anoclip.settings import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     Mode,
@@ -37,6 +37,7 @@ from .settings import (
     apply,
     ref_count,
 )
+from anoclip.threshold import Threshold
 
 ThresholdArg = Threshold | float | Literal["unsupervised"] | None
 __all__ = ["Detector", "capped", "decide_all"]
@@ -95,9 +96,10 @@ class Detector(Pipeline):
         mode: "anoclip" (each image alone), "dual" (pairs, each the reference of the other)
             or "mutual" (each against `refs` others, "all" by default); the set modes treat
             `images` as one unlabeled set (one image falls back to "anoclip", warned).
-        bank: a :class:`~anoclip.bank.NormalBank` of known-good images (:meth:`build_bank`,
+        bank: a :class:`~anoclip.references.bank.NormalBank` of known-good images
+            (:meth:`build_bank`,
             :meth:`load_bank`): alone in mode "anoclip", combined with the references in
-            the set modes (:mod:`anoclip.visual_branch`).
+            the set modes (:mod:`anoclip.references.patch_scorer`).
         threshold: a Threshold (:meth:`calibrate`) or float t fills `decision` ("defect" ⟺
             score > t) and `ratio`; "unsupervised": the set's own robust outlier rule.
         """
@@ -157,7 +159,7 @@ class Detector(Pipeline):
         scored exactly as test images will be (settings, seed, TTA, `mode`, `refs`). In a
         set mode they form their own set, each scored against the others (leave-one-out),
         so the threshold does not depend on the test set and can be reused. α =
-        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decisions`.
+        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decide.decisions`.
 
         With a `bank` the known-good images must not be bank images (their distance would be
         0), unless `normals_are_bank`: the bank was built from these very images, in this

@@ -2,9 +2,9 @@
 
 Extras:
 
-    export: onnx, onnxscript, onnxruntime, openvino  (anoclip.export, anoclip.engine)
-    ray:    ray[data]                                (anoclip.ray_runner)
-    ann:    faiss-cpu                                (bank_search="ivf", anoclip.bank)
+    export: onnx, onnxscript, onnxruntime, openvino  (anoclip.deploy.convert, anoclip.deploy.engine)
+    ray:    ray[data]                                (anoclip.deploy.ray_cluster)
+    ann:    faiss-cpu                                (bank_search="ivf", anoclip.references.bank)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from .errors import AnoclipError
+from anoclip.errors import AnoclipError
 
 
 class MissingExtraError(AnoclipError, ImportError):

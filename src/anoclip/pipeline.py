@@ -19,29 +19,29 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import Backbone
-from .bank import NormalBank, differences
-from .decisions import normal_items
-from .encode import check_precision, encode, tiles_of
-from .encoder import VVEncoder
-from .errors import AnoclipWarning, BankError, ImageDecodeError, UsageError
-from .images import ImageInput
-from .loading import Preparer, as_list, batches
-from .modes import ScoringContext, SetStore, score_each, score_set
-from .plain import PlainForward, plain_forward
-from .prompts import is_texture, prompt_name
-from .records import Failure, Features, Sample, Scored
-from .settings import Mode, Runtime, Settings, fingerprint, ref_count, tta_kind
-from .synth import Textures
-from .text import TextBank, TextCache
-from .tta import AdamState, TTAOverrides
-from .visual_branch import (
+from anoclip.clip.backbone import Backbone
+from anoclip.clip.encoder import VVEncoder
+from anoclip.clip.features import check_precision, encode, tiles_of
+from anoclip.clip.plain import PlainForward, plain_forward
+from anoclip.clip.prompts import is_texture, prompt_name
+from anoclip.clip.synth import Textures
+from anoclip.clip.text import TextBank, TextCache
+from anoclip.clip.tta import AdamState, TTAOverrides
+from anoclip.data.images import ImageInput
+from anoclip.data.loading import Preparer, as_list, batches
+from anoclip.decide.decisions import normal_items
+from anoclip.errors import AnoclipWarning, BankError, ImageDecodeError, UsageError
+from anoclip.records import Failure, Features, Sample, Scored
+from anoclip.references.bank import NormalBank, differences
+from anoclip.references.patch_scorer import (
     PatchSet,
     VisualSource,
     score_patches,
     unused_settings,
     uses_patch_scorer,
 )
+from anoclip.references.token_scorer import ScoringContext, SetStore, score_each, score_set
+from anoclip.settings import Mode, Runtime, Settings, fingerprint, ref_count, tta_kind
 
 
 class Pipeline:
@@ -65,7 +65,7 @@ class Pipeline:
         return self.backbone.device
 
     def _plain(self) -> PlainForward | None:
-        """The 21 augmented views' tower (:mod:`anoclip.plain`), built once when needed."""
+        """The 21 augmented views' tower (:mod:`anoclip.clip.plain`), built once when needed."""
         if self.settings.image_score != "cls_aug22":
             return None
         if self._plain_forward is None:
@@ -118,7 +118,7 @@ class Pipeline:
         Yields :class:`Scored` (maps at model resolution) or :class:`Failure`; indices in
         `skip` are not processed. bank: known-good patch features (:meth:`build_bank`);
         with it, a timm visual backbone or fusion="visual" the patch scorer runs
-        (:mod:`anoclip.visual_branch`)."""
+        (:mod:`anoclip.references.patch_scorer`)."""
         if uses_patch_scorer(self.settings, bank):
             yield from self._iter_patch_scored(images, object_name, tta, mode=mode, refs=refs,
                                                progress=progress, skip=skip, bank=bank)  # fmt: skip

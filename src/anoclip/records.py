@@ -14,9 +14,26 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .calibrate import Decision, Threshold, decide
-from .calibrate import ratio as score_ratio
-from .preprocess import Layout
+from anoclip.threshold import Decision, Threshold, decide
+from anoclip.threshold import ratio as score_ratio
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one image became T square tiles of side `tile`.
+
+    `size` is the (H', W') "model resolution" the maps are produced at; `offsets` are the
+    tiles' starts along `axis` (0: rows, 1: columns).
+    """
+
+    size: tuple[int, int]
+    tile: int
+    axis: int = 1
+    offsets: tuple[int, ...] = (0,)
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.offsets)
 
 
 @dataclass
@@ -30,7 +47,7 @@ class Prediction:
     image_size: (H, W) of the image; the map is smaller when its size was capped.
     decision: "defect" if score > t else "ok", once a threshold t was applied (else None).
     ratio: score / t (> 1 means defect; NaN when t ≤ 0), with the decision.
-    threshold: the applied :class:`~anoclip.calibrate.Threshold` (or plain float t).
+    threshold: the applied :class:`~anoclip.decide.calibrate.Threshold` (or plain float t).
     """
 
     source: str

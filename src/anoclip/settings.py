@@ -23,7 +23,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, get_args
 
-from .errors import UnknownSettingError, UsageError
+from anoclip.errors import UnknownSettingError, UsageError
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
@@ -296,7 +296,7 @@ class Runtime:
     autocast on the CPU too; "int8" dynamic int8 Linear layers for the 21 augmented views
     on the CPU. Reduced precisions move scores and maps slightly (benchmarks/speed.py).
     view_engine: what runs the 21 augmented views of the 22-view image score (see
-    :mod:`anoclip.plain`): "fused" (default), "open_clip" (the tower's own forward),
+    :mod:`anoclip.clip.plain`): "fused" (default), "open_clip" (the tower's own forward),
     "openvino" or "onnxruntime" (CPU; optional extra ``export``; equal float32 outputs).
     """
 

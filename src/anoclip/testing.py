@@ -1,18 +1,18 @@
 """Testing hooks: run pipeline steps with fixed TTA draws, outside the public facade.
 
 Parity tests replay the official code's adapter initialisation and noise
-(:class:`~anoclip.tta.TTAOverrides`) through the production encode and scoring steps.
+(:class:`~anoclip.clip.tta.TTAOverrides`) through the production encode and scoring steps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .detector import Detector
-from .modes import ScoringContext, score_each
-from .records import Sample, Scored
-from .text import TextBank
-from .tta import TTAOverrides
+from anoclip.clip.text import TextBank
+from anoclip.clip.tta import TTAOverrides
+from anoclip.detector import Detector
+from anoclip.records import Sample, Scored
+from anoclip.references.token_scorer import ScoringContext, score_each
 
 
 def run_batch(

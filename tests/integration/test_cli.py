@@ -18,7 +18,7 @@ from ..conftest import REPO, tiny_cli
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "anoclip.cli", *map(str, args)],
+        [sys.executable, "-m", "anoclip", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -17,10 +17,10 @@ from PIL import Image
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from anoclip import Detector
-from anoclip.calibrate import Threshold
 from anoclip.cli import main
 from anoclip.detector import decide_all
 from anoclip.errors import CalibrationError, UsageError
+from anoclip.threshold import Threshold
 
 from ..conftest import REPO, evaluate_two_categories, tiny_cli
 from .test_faults import folder_hash, one_line_error, run_cli

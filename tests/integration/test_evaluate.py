@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from anoclip import Detector
 from anoclip.cli import main
-from anoclip.datasets import DatasetError, Item, MaskLoader, load_dataset
-from anoclip.evaluate import LF_NAMES, EvalOptions, evaluate, subset
+from anoclip.data.datasets import DatasetError, Item, MaskLoader, load_dataset
+from anoclip.evaluation.protocol import LF_NAMES, EvalOptions, evaluate, subset
 
 from ..conftest import REPO, evaluate_two_categories, tiny_cli
 

@@ -22,9 +22,9 @@ pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
 from anoclip import Detector  # noqa: E402
-from anoclip.engine import Engine  # noqa: E402
-from anoclip.engine_helper import HELPER_NAME, open_runner, read_meta  # noqa: E402
-from anoclip.export import export_model, openvino_from_onnx  # noqa: E402
+from anoclip.data.standalone import HELPER_NAME, open_runner, read_meta  # noqa: E402
+from anoclip.deploy.convert import export_model, openvino_from_onnx  # noqa: E402
+from anoclip.deploy.engine import Engine  # noqa: E402
 from anoclip.testing import run_batch  # noqa: E402
 
 TOL = 1e-4

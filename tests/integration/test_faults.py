@@ -28,7 +28,7 @@ FAST = ["--set", "tta_steps=1", "--set", "image_score=cls", "--no-overlay"]
 
 def run_cli(*args, timeout=600):
     return subprocess.run(
-        [sys.executable, "-m", "anoclip.cli", *map(str, args)],
+        [sys.executable, "-m", "anoclip", *map(str, args)],
         capture_output=True, text=True, cwd=REPO, timeout=timeout,
     )  # fmt: skip
 
@@ -41,7 +41,7 @@ def _default_sigint() -> None:
 
 def start_cli(*args):
     return subprocess.Popen(
-        [sys.executable, "-m", "anoclip.cli", *map(str, args)],
+        [sys.executable, "-m", "anoclip", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         preexec_fn=_default_sigint,
     )  # fmt: skip

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from anoclip import Detector
-from anoclip.preprocess import Layout
-from anoclip.records import Sample
+from anoclip.clip.tta import TTAOverrides
+from anoclip.records import Layout, Sample
 from anoclip.testing import run_batch
-from anoclip.tta import TTAOverrides
 
 from ..conftest import MVTEC, need
 

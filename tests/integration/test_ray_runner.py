@@ -17,13 +17,7 @@ pytest.importorskip("ray")
 pytest.importorskip("pyarrow")
 
 from anoclip import Detector  # noqa: E402
-from anoclip.ray_runner import (  # noqa: E402
-    RayJob,
-    ScoreActor,
-    encode_references,
-    run_ray,
-    score_against,
-)
+from anoclip.deploy.ray_cluster import RayJob, ScoreActor, encode_references, run_ray, score_against
 
 TOL = 1e-6
 

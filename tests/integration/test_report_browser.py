@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anoclip import calibrate, report
+from anoclip.decide import calibrate
+from anoclip.results import report
 from tests.report_dom import parse
 
 CHROMIUM_FLAGS = [

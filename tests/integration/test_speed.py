@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from anoclip import Detector, UsageError
-from anoclip.encode import cpu_has_bf16
+from anoclip.clip.features import cpu_has_bf16
 
 from ..oracles import AnoVLLoop
 
@@ -62,9 +62,9 @@ def test_runtime_views_keep_fp32_outputs(tiny_backbone, paths, engine):
     """view_engine="openvino" (f32 inference precision) and "onnxruntime" score as
     open_clip's own forward."""
     pytest.importorskip(engine)
-    import anoclip.encode as enc
-    from anoclip.plain import plain_forward
-    from anoclip.scoring import image_scores
+    import anoclip.clip.features as enc
+    from anoclip.clip.plain import plain_forward
+    from anoclip.clip.scoring import image_scores
 
     det = Detector(backbone=tiny_backbone)
     tiles = enc.tiles_of([det.prepare(p) for p in paths], det.device)
@@ -82,8 +82,8 @@ def test_runtime_views_keep_fp32_outputs(tiny_backbone, paths, engine):
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
 def test_runtime_views_name_their_extra(tiny_backbone, monkeypatch, engine):
     """Without the runtime installed: one error naming `pip install anoclip[export]`."""
+    from anoclip.clip.plain import plain_forward
     from anoclip.extras import MissingExtraError
-    from anoclip.plain import plain_forward
 
     monkeypatch.setitem(sys.modules, engine, None)  # `import engine` raises ImportError
     with pytest.raises(MissingExtraError, match=r"pip install anoclip\[export\]"):
@@ -94,6 +94,6 @@ def test_precision_refusals(tiny_backbone, monkeypatch):
     """fp16 off CUDA, and bf16 on a CPU without bf16 kernels, are refused up front."""
     with pytest.raises(UsageError, match="fp16.*CUDA only"):
         Detector(backbone=tiny_backbone, precision="fp16")
-    monkeypatch.setattr("anoclip.encode.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("anoclip.clip.features.cpu_has_bf16", lambda: False)
     with pytest.raises(UsageError, match="bf16.*AVX512"):
         Detector(backbone=tiny_backbone, precision="bf16")

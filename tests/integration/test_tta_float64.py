@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from anoclip import Settings
-from anoclip.encoder import VVEncoder
-from anoclip.scoring import anomaly_logits, patch_map
-from anoclip.tta import TTAOverrides, adapt_tokens
+from anoclip.clip.encoder import VVEncoder
+from anoclip.clip.scoring import anomaly_logits, patch_map
+from anoclip.clip.tta import TTAOverrides, adapt_tokens
 
 GRID = (15, 15)
 SIZE = (240, 240)

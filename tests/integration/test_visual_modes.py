@@ -146,7 +146,7 @@ def test_normals_are_the_bank_and_calibrate_leaving_themselves_out(
     import json
 
     from anoclip import Detector
-    from anoclip.calibrate import calibrate_normal
+    from anoclip.decide.calibrate import calibrate_normal
 
     inputs, good = folders
     out = tmp_path / "o"

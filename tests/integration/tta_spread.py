@@ -30,8 +30,7 @@ def measure() -> dict:
     import torch
 
     from anoclip import Detector, load_backbone
-    from anoclip.preprocess import Layout
-    from anoclip.records import Sample
+    from anoclip.records import Layout, Sample
     from anoclip.testing import run_batch
 
     from ..conftest import GOLDEN, TINY_CONFIG, TINY_SEED0

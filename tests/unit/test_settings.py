@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from anoclip.cli import build_parser
+from anoclip.cli.app import build_parser
 from anoclip.errors import AnoclipError, UnknownSettingError, UsageError
 from anoclip.settings import (
     Mode,

@@ -1,0 +1,306 @@
+"""The patch scorer: visual references and banks of known-good images on MuSc-grade patch
+features of any visual backbone (issue 10, [DESIGN]).
+
+    Sample.visual `[B, 3, S_v, S_v]` --timm--> one map per stage `[B, C_l, h_l, w_l]`
+    (or CLIP tokens `[B, L, C]` of `ref_layers` --tokens_to_map--> `[B, C, h, w]`; by default
+    the original path's residual-stream tokens of the quarter-depth blocks, as MuSc)
+      -> patches.patch_features: LayerNorm over C, r×r mean (r ∈ patch_radii), the
+         common grid (patch_grid: a stride in input pixels, or a layer's grid), L2
+         (-> concat_layers when layer_fusion="concat")
+      -> PatchSet: {(l, r): `[B, L, C_k]`}, global features `[B, D]`, layout `[B, K]`
+
+Patch scores `[N, L]` in [0, 1], averaged over the feature sets k = (l, r):
+
+    mutual (dual, k, all)  s_mut(i, p)  = mean_k IM_{j ∈ R_i} min_q ½(1 − ⟨f_k(i, p), f_k(j, q)⟩)
+    known-good bank        s_bank(i, p) = mean_k min_{m ∈ M_k} ½(1 − ⟨f_k(i, p), m⟩)
+    both                   bank_combine(s_mut, s_bank)  ("min": normal if either explains it)
+
+R_i are the `refs` nearest other images by global cosine (dual: 1; "all": every other), skipping
+near-duplicates of the query (layout-descriptor cosine > duplicate_threshold). IM is `ref_agg`.
+Maps: bilinear to the image's model resolution `[H', W']`, Gaussian σ = `gaussian_sigma` px;
+the visual image score is the map's maximum, RsCIN-smoothed over the set with `rscin`.
+With `fusion="visual"` map and score are the visual ones alone (no text branch is computed);
+otherwise they are fused with the CLIP text branch exactly as modes.py does.
+
+The search is exact and chunked (references.nn_distances, bank.nearest_distance), so memory
+holds one similarity block at a time. The patch scorer runs whenever the visual backbone is
+not "clip", fusion is "visual" or a bank is given; otherwise modes.py's V-V token path runs
+unchanged (the golden and parity numbers).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anoclip.clip.backbone import Backbone
+from anoclip.clip.encoder import VVEncoder
+from anoclip.clip.scoring import gaussian_blur, image_scores, tile_maps
+from anoclip.data.preprocess import VisualPreprocess, stitch
+from anoclip.errors import AnoclipWarning, UsageError
+from anoclip.records import Features, Sample, Scored
+from anoclip.references.bank import BankMeta, NormalBank, combine
+from anoclip.references.fusion import fuse_maps, fuse_scores, moments
+from anoclip.references.neighbours import duplicate_mask, nearest_references, rscin
+from anoclip.references.patches import (
+    common_grid,
+    concat_layers,
+    global_features,
+    layout_descriptor,
+    mutual_scores,
+    patch_features,
+    tokens_to_map,
+    upsample,
+)
+from anoclip.references.timm_backbone import VisualBackbone, load_visual_backbone
+from anoclip.references.token_scorer import ScoringContext, score_each
+from anoclip.settings import CLIP_VISUAL, RefCount, Settings
+
+
+def uses_patch_scorer(settings: Settings, bank: NormalBank | None = None) -> bool:
+    """Whether the patch scorer runs (else modes.py's V-V token path, unchanged)."""
+    return settings.patch_scorer or bank is not None
+
+
+@dataclass
+class PatchSet:
+    """Patch features of N images on one grid (h, w), L = h·w.
+
+    feats: {(l, r): `[N, L, C_k]`} L2-normalised; glob: `[N, D]` global features (reference
+    choice, RsCIN); layout: `[N, K]` position-aware descriptors (near-duplicate guard)."""
+
+    feats: dict[tuple[int, int], torch.Tensor]
+    glob: torch.Tensor
+    layout: torch.Tensor
+    grid: tuple[int, int]
+
+    @staticmethod
+    def cat(parts: Sequence[PatchSet]) -> PatchSet:
+        """Several batches as one set (images concatenated in order)."""
+        keys = parts[0].feats
+        return PatchSet(
+            {k: torch.cat([p.feats[k] for p in parts]) for k in keys},
+            torch.cat([p.glob for p in parts]),
+            torch.cat([p.layout for p in parts]),
+            parts[0].grid,
+        )
+
+
+class VisualSource:
+    """What computes the patch scorer's features: a timm backbone (its own input per image,
+    `Sample.visual`) or the CLIP encoder's `ref_features` tokens of `ref_layers`."""
+
+    def __init__(self, settings: Settings, backbone: Backbone, encoder: VVEncoder) -> None:
+        self.settings, self.clip, self.encoder = settings, backbone, encoder
+        self.timm: VisualBackbone | None = None
+        if settings.visual_backbone != CLIP_VISUAL:
+            assert settings.visual_pretrained is not None  # Settings validates it
+            self.timm = load_visual_backbone(
+                settings.visual_backbone,
+                settings.visual_pretrained,
+                backbone.device,
+                strides=settings.visual_strides,
+                image_size=settings.visual_size or None,
+            )
+        self._grid: tuple[int, int] | None = None
+
+    @property
+    def preprocess(self) -> VisualPreprocess | None:
+        """The second input's preprocessing (None: the CLIP tiles serve)."""
+        return None if self.timm is None else self.timm.preprocess
+
+    def layer_maps(self, samples: Sequence[Sample]) -> list[torch.Tensor]:
+        """One feature map per layer `[B, C_l, h_l, w_l]` for the samples."""
+        if self.timm is not None:
+            x = torch.stack([smp.visual for smp in samples])  # type: ignore[misc]
+            return self.timm.encode(x)
+        if any(smp.layout.num_tiles != 1 for smp in samples):
+            raise UsageError(
+                "the patch scorer on CLIP tokens needs one tile per image (tiling=none)"
+            )
+        kind, layers = self.settings.ref_tokens(self.encoder.depth, patch_scorer=True)
+        x = torch.cat([smp.tiles for smp in samples]).to(self.clip.device)
+        vv = layers if kind == "vv" else ()
+        ori = layers if kind == "ori" else ()
+        with torch.inference_mode():
+            enc = self.encoder(x, vv, ori, with_vv=bool(vv))
+        # "ori" as MuSc: the residual stream itself (patch_features LayerNorms it), not the
+        # LN_post + projection the token path compares with text
+        source = enc.vv if vv else enc.residual
+        return [tokens_to_map(source[layer].float(), enc.grid) for layer in layers]
+
+    def patch_set(self, samples: Sequence[Sample]) -> PatchSet:
+        """Samples -> their :class:`PatchSet` (on the CPU)."""
+        s = self.settings
+        with torch.inference_mode():
+            maps = self.layer_maps(samples)
+            size = self.input_size()
+            feats = patch_features(maps, s.patch_radii, s.patch_grid, input_size=size)
+            if s.layer_fusion == "concat":
+                feats = concat_layers(feats)
+            grid = common_grid(maps, s.patch_grid, size)
+            self._grid = grid
+            return PatchSet(
+                {k: v.cpu() for k, v in feats.items()},
+                global_features(maps).cpu(),
+                layout_descriptor(maps, grid).cpu(),
+                grid,
+            )
+
+    def grid(self) -> tuple[int, int]:
+        """The common grid of the patch features (one blank input when not yet known)."""
+        if self._grid is None:
+            if self.timm is not None:
+                h, w = self.timm.preprocess.size
+                maps = self.timm.encode(torch.zeros(1, 3, h, w))
+            else:
+                n = len(self.settings.ref_tokens(self.encoder.depth, patch_scorer=True)[1])
+                maps = [torch.zeros(1, 1, *self.encoder.grid)] * n
+            self._grid = common_grid(maps, self.settings.patch_grid, self.input_size())
+        return self._grid
+
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of what the feature source sees (a stride grid is relative to it)."""
+        if self.timm is not None:
+            return self.timm.preprocess.size
+        return self.clip.image_size, self.clip.image_size
+
+    def bank_meta(self, object_name: str) -> BankMeta:
+        """What a bank's features depend on (a loaded bank must match it)."""
+        s = self.settings
+        finger: dict[str, Any] = {"object": object_name, "patch_grid": s.patch_grid}
+        if self.timm is not None:
+            p = self.timm.preprocess
+            finger.update(
+                weights=str(Path(self.timm.checkpoint).resolve()), input=list(p.size),
+                mean=list(p.mean), std=list(p.std), interpolation=p.interpolation,
+            )  # fmt: skip
+            name, layers = self.timm.name, tuple(s.visual_strides)
+        else:
+            kind, layers = s.ref_tokens(self.encoder.depth, patch_scorer=True)
+            bb = self.clip
+            weights = Path(bb.pretrained)
+            finger.update(
+                weights=str(weights.resolve()) if weights.is_file() else bb.pretrained,
+                input=[bb.image_size, bb.image_size], mean=list(bb.mean), std=list(bb.std),
+                ref_features=kind, vv_start_layer=s.vv_start_layer,
+                tokens="residual" if kind == "ori" else "projected",
+            )  # fmt: skip
+            name = f"clip:{bb.name}"
+        return BankMeta(name, tuple(layers), tuple(s.patch_radii), self.grid(), finger,
+                        s.layer_fusion)  # fmt: skip
+
+
+def patch_scores(
+    patches: PatchSet, refs: RefCount, bank: NormalBank | None, settings: Settings
+) -> torch.Tensor:
+    """Visual patch scores `[N, L]`: mutual (refs ≠ 0), bank, or both combined."""
+    s = settings
+    mutual = None
+    if refs:
+        exclude = None
+        if s.duplicate_threshold < 1:
+            exclude = duplicate_mask(patches.layout, s.duplicate_threshold)
+        chosen = nearest_references(patches.glob, refs, exclude)
+        mutual = mutual_scores(patches.feats, chosen, s.ref_agg)
+    if bank is None:
+        assert mutual is not None, "no references and no bank"
+        return mutual
+    own = bank.scores(patches.feats, search=s.bank_search, nprobe=s.bank_nprobe)
+    return own if mutual is None else combine(mutual, own, s.bank_combine)
+
+
+def unused_settings(settings: Settings, refs: RefCount) -> list[str]:
+    """Token-path settings the patch scorer does not apply (it picks references by global
+    feature and guards against near-duplicates instead), as `name=value` for a warning."""
+    s, out = settings, []
+    if refs and s.ref_filter != "none":
+        out.append(f"ref_filter={s.ref_filter}")
+    if refs == 1 and s.pairing != "cls_nn":
+        out.append(f"pairing={s.pairing}")
+    return out
+
+
+def mode_name(refs: RefCount, bank: NormalBank | None) -> str:
+    """ "dual", "mutual", "bank", "dual+bank" or "mutual+bank"."""
+    base = "" if not refs else "dual" if refs == 1 else "mutual"
+    if bank is None:
+        return base
+    return f"{base}+bank" if base else "bank"
+
+
+def score_patches(
+    samples: Sequence[Sample],
+    patches: PatchSet,
+    text: Features | None,
+    context: ScoringContext,
+    bank: NormalBank | None = None,
+) -> list[Scored]:
+    """The samples scored by the patch scorer (module doc), fused with the text branch when
+    `text` is given (fusion ≠ "visual"). `context.refs` = 0 scores each image alone against
+    the bank; a set mode with one image falls back to the bank, or to the text branch."""
+    s = context.settings
+    refs = context.refs
+    if refs and len(samples) < 2:
+        warnings.warn(
+            "dual/mutual mode needs at least two images; scoring the single image "
+            + ("against the bank" if bank is not None else "in anoclip mode"),
+            AnoclipWarning,
+            stacklevel=2,
+        )
+        refs = 0
+    if not refs and bank is None:
+        if text is None:
+            raise UsageError(
+                "fusion=visual needs visual references: mode dual/mutual with two or more "
+                "images, or a bank of known-good images"
+            )
+        return score_each(samples, text, context)
+    vis = patch_scores(patches, refs, bank, s)
+    vis_maps = [
+        gaussian_blur(upsample(vis[i : i + 1], patches.grid, smp.layout.size), s.gaussian_sigma)[0]
+        for i, smp in enumerate(samples)
+    ]
+    vis_max = torch.stack([m.max() for m in vis_maps])
+    if text is None:
+        maps, scores = [m.clamp(0.0, 1.0) for m in vis_maps], vis_max
+    else:
+        maps, scores = _fused(samples, vis_maps, vis_max, text, context)
+    if s.rscin and refs:
+        scores = rscin(scores, patches.glob)
+    mode = mode_name(refs, bank)
+    return [
+        Scored(smp, float(score), m.float().cpu(), mode)
+        for smp, score, m in zip(samples, scores.tolist(), maps)
+    ]
+
+
+def _fused(
+    samples: Sequence[Sample],
+    vis_maps: list[torch.Tensor],
+    vis_max: torch.Tensor,
+    text: Features,
+    context: ScoringContext,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Maps and scores fused with the text branch at `fusion_temperature` (modes.py's rule;
+    batch_z's moments over the given images)."""
+    s = context.settings
+    tau = s.fusion_temperature
+    counts = [smp.layout.num_tiles for smp in samples]
+    tiles = tile_maps(text.text_cos, text.grid, context.tile, tau, s.gaussian_sigma)
+    text_maps = [stitch(t, smp.layout) for t, smp in zip(tiles.split(counts), samples)]
+    stats = None
+    if s.fusion == "batch_z":
+        flat = lambda ms: torch.cat([m.flatten() for m in ms])  # noqa: E731
+        stats = (moments(flat(text_maps)), moments(flat(vis_maps)))
+    maps = [
+        fuse_maps(t, v, s.fusion, s.fusion_alpha, stats).clamp(0.0, 1.0)
+        for t, v in zip(text_maps, vis_maps)
+    ]
+    text_scores = image_scores(text.cls_cos, tau, counts)
+    return maps, fuse_scores(text_scores, vis_max, s.fusion, s.fusion_beta)

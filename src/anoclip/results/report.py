@@ -1,0 +1,657 @@
+"""One self-contained ``report.html`` of a run: ranked images, heat maps, decisions.
+
+    OUT/report.html     opens offline; every image is inlined (base64)
+    OUT/masks/NAME.png  binary defect masks (map > pixel threshold), see :func:`write_mask`
+
+The page lists the images by score, highest first, as cards with a heat-map thumbnail and a
+decision badge (ok / defect, flagged "unsupervised" when the threshold came from the
+unlabeled set), above a histogram of the scores with the threshold line (inline SVG) and
+the run settings. Buttons filter by decision; clicking a card opens the image, its overlay
+and the raw map with the colour scale, score, ratio and decision (arrow keys step through).
+``report.html#filter=defect`` and ``report.html#view=3`` open a filter / the 4th card.
+
+**Colour scale.** Every map is drawn on ONE scale shared by the whole run: values are
+mapped to v = clip((m − lo)/(hi − lo), 0, 1) and coloured with the "jet" map of
+:mod:`anoclip.results.overlays`; [lo, hi] is given by the caller or, by default, the run-wide
+50 % and 99.9 % quantiles of all map pixels (subsampled), so the typical normal surface is
+dark and only the hottest pixels of the run reach red. There is never a per-image min-max
+stretch: the same colour means the same value on every image, and the colour bar (with
+the pixel threshold marked) gives the values. Overlays blend the colour in with opacity
+0.7·v, so the product stays visible where the map is low.
+
+**Size.** Thumbnails are WebP (≤ ``thumb_px``, default 160 px); the enlarged view keeps the
+image at ≤ ``view_px`` (320 px) and the map quantised to 8 bits on the run scale at
+≤ ``map_px`` (192 px, smoothed up by the browser), all inlined and decoded only when
+opened. Thumbnails load lazily and off-screen cards are not laid out
+(``content-visibility: auto``), so 1,000 images stay usable.
+
+**Labelled mode** (``anoclip evaluate``): rows with ``anomalous`` (or a ``label``, "good"
+meaning normal) and optional ground-truth ``mask`` paths get the mask outline drawn over
+the maps (green), a "wrong" filter, and a per-category table of precision / recall / F1 /
+false-reject rate of the label-free threshold, image- and pixel-level (or the caller's own
+``metrics`` table).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader
+from PIL import Image
+from scipy import ndimage
+
+from anoclip.data.images import load_rgb
+from anoclip.decide.calibrate import Counts, confusion
+from anoclip.errors import ImageDecodeError, ReportError
+from anoclip.results.overlays import colorize
+from anoclip.threshold import Threshold
+
+REPORT = "report.html"
+MASKS = "masks"
+LUT = colorize(np.linspace(0.0, 1.0, 256))  # uint8 [256, 3], shared with the page's script
+OVERLAY_ALPHA = 0.7
+GT_COLOUR = (0, 255, 0)
+PRED_COLOUR = (255, 255, 255)
+NORMAL_LABELS = ("good", "normal", "ok")
+MapInput = np.ndarray | str | os.PathLike
+
+
+@dataclass
+class ReportRow:
+    """One image of the report.
+
+    source: the image file (or None: the map is shown on a grey background);
+    map: float32 anomaly map at the image's size, or the path of its .npy;
+    decision: "ok" / "defect" (or None without a threshold); ratio: score / threshold;
+    label, anomalous, mask, category: ground truth, for labelled mode.
+    """
+
+    source: str | os.PathLike | None
+    name: str
+    score: float
+    decision: str | None = None
+    ratio: float | None = None
+    map: MapInput | None = None
+    mask: str | os.PathLike | None = None
+    label: str | None = None
+    anomalous: bool | None = None
+    category: str | None = None
+
+    @property
+    def truth(self) -> bool | None:
+        """Ground truth: anomalous if given, else from the label ("good" is normal)."""
+        if self.anomalous is not None:
+            return bool(self.anomalous)
+        if self.label is None:
+            return None
+        return self.label.lower() not in NORMAL_LABELS
+
+
+# ---------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------
+
+
+def as_rows(rows: Iterable[ReportRow | Mapping[str, Any]]) -> list[ReportRow]:
+    """ReportRow records from rows or mappings with the same keys."""
+    names = {f.name for f in fields(ReportRow)}
+    out = []
+    for row in rows:
+        if isinstance(row, ReportRow):
+            out.append(row)
+            continue
+        unknown = set(row) - names
+        if unknown:
+            raise ReportError(f"unknown report row keys: {', '.join(sorted(unknown))}")
+        out.append(ReportRow(**row))
+    for row in out:
+        if not math.isfinite(float(row.score)):
+            raise ReportError(f"{row.name}: score is not finite ({row.score})")
+    return out
+
+
+def ranked(rows: Sequence[ReportRow]) -> list[ReportRow]:
+    """Rows by score, highest first (ties by name)."""
+    return sorted(rows, key=lambda r: (-float(r.score), r.name))
+
+
+def load_map(item: MapInput) -> np.ndarray:
+    """A float32 map from an array or a .npy path (ReportError if unusable)."""
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            item = np.load(item)
+        except (OSError, ValueError) as e:
+            raise ReportError(f"{item}: cannot read anomaly map ({type(e).__name__})") from e
+    arr = np.asarray(item, dtype=np.float32)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ReportError(f"anomaly map must be a non-empty H×W array, got shape {arr.shape}")
+    return arr
+
+
+def subsample(values: np.ndarray, side: int = 64) -> np.ndarray:
+    """About side² pixels of a map, on a regular grid (for run-wide quantiles)."""
+    sy = max(1, values.shape[0] // side)
+    sx = max(1, values.shape[1] // side)
+    return values[::sy, ::sx].ravel()
+
+
+def run_scale(samples: Sequence[np.ndarray], quantiles: tuple[float, float]) -> tuple[float, float]:
+    """(lo, hi) = run-wide quantiles of the pooled map samples; hi > lo guaranteed."""
+    pooled = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in samples])
+    pooled = pooled[np.isfinite(pooled)]
+    if pooled.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(q) for q in np.quantile(pooled, quantiles))
+    if hi <= lo:
+        lo, hi = float(pooled.min()), float(pooled.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def to_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """v = clip((m − lo)/(hi − lo), 0, 1) on the run's fixed scale (float32)."""
+    return np.clip((np.asarray(values, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def quantise(v: np.ndarray) -> np.ndarray:
+    """[0, 1] -> uint8 levels round(255·v): what the page's colour table indexes."""
+    return np.rint(np.clip(v, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def blend(rgb: np.ndarray, levels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """Overlay = rgb·(1 − a) + LUT[level]·a with a = alpha·level/255 (uint8 H×W×3)."""
+    a = (alpha * levels.astype(np.float32) / 255.0)[..., None]
+    mixed = rgb.astype(np.float32) * (1.0 - a) + LUT[levels].astype(np.float32) * a
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a binary mask: mask ∧ ¬erode(mask) (bool)."""
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return m
+    return m & ~ndimage.binary_erosion(m, border_value=0)
+
+
+def paint(rgb: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """rgb with the pixels `where` set to `colour` (a copy)."""
+    out = rgb.copy()
+    out[where] = colour
+    return out
+
+
+def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to size = (width, height)."""
+    if values.shape[::-1] == tuple(size):
+        return values.astype(np.float32, copy=False)
+    img = Image.fromarray(values.astype(np.float32, copy=False))
+    return np.asarray(img.resize(size, Image.BILINEAR), dtype=np.float32)
+
+
+def fit_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(w, h) scaled so that max(w, h) ≤ longest, keeping the aspect ratio."""
+    w, h = size
+    s = min(1.0, longest / max(w, h))
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def data_uri(img: Image.Image, fmt: str = "webp", quality: int = 80) -> str:
+    """The image encoded as a base64 data URI (WebP, JPEG or PNG)."""
+    buf = io.BytesIO()
+    fmt = fmt.lower()
+    if fmt == "png":
+        img.save(buf, format="PNG", optimize=True)
+    elif fmt in ("jpeg", "jpg"):
+        img.save(buf, format="JPEG", quality=quality)
+        fmt = "jpeg"
+    elif fmt == "webp":
+        img.save(buf, format="WEBP", quality=quality, method=4)
+    else:
+        raise ReportError(f"unknown image format {fmt!r} (webp, jpeg, png)")
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values within [lo, hi]: the step m·10^k (m ∈ {1, 2, 2.5, 5, 10}) nearest to
+    (hi − lo)/(count − 1) in ratio, so about `count` ticks."""
+    if not hi > lo:
+        return [lo]
+    raw = (hi - lo) / max(1, count - 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = min((m * power for m in (1, 2, 2.5, 5, 10)), key=lambda st: abs(raw / st - 1))
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    k = 0
+    while first + k * step <= hi + 1e-9 * step:
+        ticks.append(round(first + k * step, 12))
+        k += 1
+    return ticks
+
+
+def histogram(
+    scores: Sequence[float],
+    truth: Sequence[bool | None] | None = None,
+    threshold: float | None = None,
+    bins: int = 30,
+    width: int = 640,
+    height: int = 190,
+) -> dict[str, Any]:
+    """Geometry of the score histogram (SVG units) with the threshold line.
+
+    Bins span [min(scores ∪ {t}), max(scores ∪ {t})]. With ground truth the bars are
+    stacked: normal at the bottom, anomalous on top.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    lo, hi = float(s.min()), float(s.max())
+    if threshold is not None and math.isfinite(threshold):
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    labelled = truth is not None and all(t is not None for t in truth)
+    groups = (
+        {"normal": ~np.asarray(truth, bool), "anomalous": np.asarray(truth, bool)}
+        if labelled
+        else {"all": np.ones(s.size, bool)}
+    )
+    counts = {k: np.histogram(s[m], bins=edges)[0] for k, m in groups.items()}
+    left, right, top, bottom = 46, 12, 12, 34
+    pw, ph = width - left - right, height - top - bottom
+    peak = max(1, int(sum(counts.values()).max()))
+    x_of = lambda v: left + (v - lo) / (hi - lo) * pw  # noqa: E731
+    y_of = lambda c: top + ph - c / peak * ph  # noqa: E731
+    bars = []
+    base = np.zeros(bins, dtype=np.int64)
+    for group, c in counts.items():
+        for i in range(bins):
+            if c[i]:
+                x0, x1 = x_of(edges[i]), x_of(edges[i + 1])
+                y0, y1 = y_of(base[i] + c[i]), y_of(base[i])
+                bars.append(
+                    {"x": x0 + 0.5, "y": y0, "w": max(0.5, x1 - x0 - 1), "h": y1 - y0,
+                     "group": group, "count": int(c[i]),
+                     "lo": float(edges[i]), "hi": float(edges[i + 1])}
+                )  # fmt: skip
+        base = base + c
+    return {
+        "width": width,
+        "height": height,
+        "plot": {"left": left, "top": top, "right": left + pw, "bottom": top + ph},
+        "bars": bars,
+        "xticks": [{"x": x_of(v), "label": f"{v:.4g}"} for v in nice_ticks(lo, hi)],
+        "yticks": [{"y": y_of(v), "label": f"{v:g}"} for v in nice_ticks(0, peak, 4)],
+        "threshold": None
+        if threshold is None
+        else {
+            "x": x_of(threshold),
+            "value": threshold,
+            "anchor": "end" if x_of(threshold) > left + pw / 2 else "start",
+        },
+        "groups": list(counts),
+        "counts": {k: int(v.sum()) for k, v in counts.items()},
+    }
+
+
+def colour_bar(lo: float, hi: float, marks: Mapping[str, float | None] | None = None) -> dict:
+    """Gradient stops and ticks of the run's colour scale, with optional marked values."""
+    stops = [
+        {"offset": f"{p:.3f}", "colour": "#" + bytes(LUT[round(p * 255)].tolist()).hex()}
+        for p in np.linspace(0.0, 1.0, 11)
+    ]
+    ticks = [{"pos": (v - lo) / (hi - lo), "label": f"{v:.4g}"} for v in nice_ticks(lo, hi, 5)]
+    shown = [
+        {"pos": (v - lo) / (hi - lo), "label": f"{name} {v:.4g}"}
+        for name, v in (marks or {}).items()
+        if v is not None and lo <= v <= hi
+    ]
+    return {"lo": lo, "hi": hi, "stops": stops, "ticks": ticks, "marks": shown}
+
+
+def flatten(info: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested settings -> sorted (dotted key, JSON value) pairs for the settings table."""
+    out: list[tuple[str, str]] = []
+    for key, value in info.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.extend(flatten(value, name + "."))
+        else:
+            out.append((name, value if isinstance(value, str) else _json(value)))
+    return sorted(out)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering one row
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Rendered:
+    thumb: str
+    thumb_size: tuple[int, int]
+    detail: dict[str, Any]
+    pixel_counts: Counts | None
+
+
+def _load_image(row: ReportRow, map_shape: tuple[int, int] | None) -> Image.Image:
+    if row.source is None:
+        h, w = map_shape or (256, 256)
+        return Image.new("RGB", (w, h), (128, 128, 128))
+    try:
+        return load_rgb(row.source)
+    except ImageDecodeError as e:
+        raise ReportError(f"{row.source}: {e}") from e
+
+
+def _load_mask(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            m = img.convert("L")
+            if m.size != (shape[1], shape[0]):
+                m = m.resize((shape[1], shape[0]), Image.NEAREST)
+            return np.asarray(m) > 0
+    except OSError as e:
+        raise ReportError(f"{path}: cannot read ground-truth mask ({type(e).__name__})") from e
+
+
+def _render(
+    row: ReportRow, scale: tuple[float, float], t_px: float | None, opts: dict
+) -> _Rendered:
+    lo, hi = scale
+    values = load_map(row.map) if row.map is not None else None
+    image = _load_image(row, None if values is None else values.shape)
+    if values is None:  # no map: an all-low map of the image's size
+        values = np.full((image.height, image.width), lo, np.float32)
+    gt = None
+    if row.mask is not None:
+        gt = _load_mask(row.mask, values.shape)
+    elif row.truth is False:
+        gt = np.zeros(values.shape, bool)
+    counts = None
+    if t_px is not None and gt is not None:
+        counts = confusion(gt, values > t_px)
+
+    # the enlarged view first, the thumbnail from it (the map is stretched to the image)
+    view_size = fit_size(image.size, opts["view_px"])
+    view_rgb = image.resize(view_size, Image.BILINEAR, reducing_gap=2.0)
+    view_map = resize_map(values, view_size)
+    small = view_rgb if opts["thumb_px"] <= opts["view_px"] else image
+    thumb_size = fit_size(image.size, opts["thumb_px"])
+    thumb_rgb = np.asarray(small.resize(thumb_size, Image.BILINEAR, reducing_gap=2.0))
+    thumb_map = resize_map(view_map if small is view_rgb else values, thumb_size)
+    thumb = blend(thumb_rgb, quantise(to_unit(thumb_map, lo, hi)))
+    gt_line = _outline_at(gt, thumb_size)
+    if gt_line is not None:
+        thumb = paint(thumb, gt_line, GT_COLOUR)
+    thumb_uri = data_uri(Image.fromarray(thumb), opts["image_format"], opts["quality"])
+
+    map_size = fit_size(view_size, opts["map_px"])
+    map_levels = quantise(to_unit(resize_map(values, map_size), lo, hi))
+    gt_line = _outline_at(gt, view_size)
+    rgb = np.asarray(view_rgb)
+    detail = {
+        "name": row.name,
+        "source": None if row.source is None else str(row.source),
+        "score": float(row.score),
+        "ratio": None if row.ratio is None or not math.isfinite(row.ratio) else float(row.ratio),
+        "decision": row.decision,
+        "label": row.label,
+        "truth": row.truth,
+        "w": view_size[0],
+        "h": view_size[1],
+        "img": data_uri(Image.fromarray(rgb), opts["image_format"], opts["quality"]),
+        "map": data_uri(Image.fromarray(map_levels), opts["image_format"], 92),
+        "gt": _mask_uri(gt_line),
+        "pred": None,
+    }
+    if t_px is not None:
+        pred = view_map > t_px
+        detail["pred"] = _mask_uri(outline(pred)) if pred.any() else None
+    return _Rendered(thumb_uri, thumb_size, detail, counts)
+
+
+def _outline_at(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    """Outline of a mask resized (nearest) to size = (w, h); None when there is nothing."""
+    if mask is None or not mask.any():
+        return None
+    small = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    return outline(small) if small.any() else None
+
+
+def _mask_uri(mask: np.ndarray | None) -> str | None:
+    if mask is None or not mask.any():
+        return None
+    return data_uri(Image.fromarray(mask.astype(np.uint8) * 255), "png")
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics table (labelled mode)
+# ---------------------------------------------------------------------------------------
+
+
+def category_table(
+    rows: Sequence[ReportRow], pixel_counts: Sequence[Counts | None]
+) -> list[dict[str, Any]]:
+    """Per-category precision / recall / F1 / FRR of the decisions, image and pixel level.
+
+    Pixel counts are summed over a category's images; NaN when any image lacks them.
+    """
+    cats: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        cats.setdefault(row.category or "all", []).append(i)
+    if len(cats) > 1:
+        cats["all"] = list(range(len(rows)))
+    table = []
+    for cat, idx in cats.items():
+        labelled = [i for i in idx if rows[i].truth is not None and rows[i].decision]
+        img = confusion(
+            [rows[i].truth for i in labelled], [rows[i].decision == "defect" for i in labelled]
+        )
+        entry: dict[str, Any] = {"category": cat, "images": len(idx), "defects": img.tp + img.fn}
+        entry.update({f"image_{k}": v for k, v in _rates(img).items()})
+        px = [pixel_counts[i] for i in idx]
+        if px and all(c is not None for c in px):
+            total = sum(px[1:], px[0])
+            entry.update({f"pixel_{k}": v for k, v in _rates(total).items()})
+        else:
+            entry.update({f"pixel_{k}": math.nan for k in _rates(Counts(0, 0, 0, 0))})
+        table.append(entry)
+    return table
+
+
+def _rates(c: Counts) -> dict[str, float]:
+    return {
+        "precision": c.precision,
+        "recall": c.recall,
+        "f1": c.f1,
+        "false_reject_rate": c.false_reject_rate,
+    }
+
+
+def _metric_columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for entry in table:
+        cols.extend(k for k in entry if k not in cols)
+    return cols
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    return "–" if not math.isfinite(value) else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("anoclip.results", "templates"), autoescape=True)
+    env.filters["fmt"] = _fmt
+    return env
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    rows: Iterable[ReportRow | Mapping[str, Any]],
+    threshold: Threshold | None = None,
+    settings_info: Mapping[str, Any] | None = None,
+    title: str = "anoclip report",
+    *,
+    metrics: Mapping[str, Mapping[str, Any]] | None = None,
+    scale: tuple[float, float] | None = None,
+    scale_quantiles: tuple[float, float] = (0.5, 0.999),
+    thumb_px: int = 160,
+    view_px: int = 320,
+    map_px: int = 192,
+    bins: int = 30,
+    image_format: str = "webp",
+    quality: int = 80,
+    workers: int = 1,
+    filename: str = REPORT,
+) -> Path:
+    """Write OUT/report.html (one self-contained file) and return its path.
+
+    rows: :class:`ReportRow` records or mappings (source, name, score, decision, ratio, map,
+    and for labelled mode label / anomalous / mask / category). threshold: the calibrated
+    threshold (None: no line, no pixel outline). settings_info: shown as a table.
+    metrics: category -> {column: value}, shown instead of the automatic table in labelled
+    mode. scale: the maps' (lo, hi); default the run-wide `scale_quantiles` of the maps.
+    """
+    rows = ranked(as_rows(rows))
+    if not rows:
+        raise ReportError("no images to report")
+    auto_scale = scale is None
+    if scale is None:
+        samples = [subsample(load_map(r.map)) for r in rows if r.map is not None]
+        scale = run_scale(samples, scale_quantiles) if samples else (0.0, 1.0)
+    lo, hi = float(scale[0]), float(scale[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ReportError(f"map scale must be two finite values lo < hi, got {scale}")
+    t_img = None if threshold is None else threshold.image_threshold
+    t_px = None if threshold is None else threshold.pixel_threshold
+    opts = {
+        "thumb_px": thumb_px,
+        "view_px": view_px,
+        "map_px": map_px,
+        "image_format": image_format,
+        "quality": quality,
+    }
+
+    def render(row: ReportRow) -> _Rendered:
+        return _render(row, (lo, hi), t_px, opts)
+
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            rendered = list(pool.map(render, rows))
+    else:
+        rendered = [render(r) for r in rows]
+
+    truth = [r.truth for r in rows]
+    labelled = any(t is not None for t in truth)
+    if metrics is not None:
+        table = [{"category": k, **dict(v)} for k, v in metrics.items()]
+    elif labelled:
+        table = category_table(rows, [r.pixel_counts for r in rendered])
+    else:
+        table = []
+
+    cards = [_card(i, row, out) for i, (row, out) in enumerate(zip(rows, rendered))]
+    decisions = [r.decision for r in rows]
+    html = (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            cards=cards,
+            counts={
+                "all": len(rows),
+                "defect": decisions.count("defect"),
+                "ok": decisions.count("ok"),
+                "wrong": sum(c["wrong"] for c in cards),
+            },
+            labelled=labelled,
+            threshold=threshold,
+            threshold_inputs=flatten(threshold.inputs) if threshold else [],
+            unsupervised=threshold is not None and threshold.unsupervised,
+            histogram=histogram(
+                [r.score for r in rows], truth if labelled else None, t_img, bins=bins
+            ),
+            colour_bar=colour_bar(lo, hi, {"pixel threshold": t_px}),
+            scale={"lo": lo, "hi": hi, "quantiles": scale_quantiles if auto_scale else None},
+            settings=flatten(settings_info or {}),
+            table=table,
+            columns=_metric_columns(table),
+            details=[out.detail for out in rendered],
+            lut=LUT.tolist(),
+            alpha=OVERLAY_ALPHA,
+            gt_colour=list(GT_COLOUR),
+            pred_colour=list(PRED_COLOUR),
+        )
+    )
+    return _write_atomic(Path(out_dir), filename, html)
+
+
+def _card(index: int, row: ReportRow, out: _Rendered) -> dict[str, Any]:
+    """One card of the gallery (what the template shows of a row)."""
+    ratio = None if row.ratio is None or not math.isfinite(row.ratio) else row.ratio
+    wrong = (
+        row.truth is not None
+        and row.decision is not None
+        and row.truth != (row.decision == "defect")
+    )
+    return {
+        "index": index, "name": row.name, "score": float(row.score), "ratio": ratio,
+        "decision": row.decision, "label": row.label, "truth": row.truth, "wrong": wrong,
+        "thumb": out.thumb, "tw": out.thumb_size[0], "th": out.thumb_size[1],
+    }  # fmt: skip
+
+
+def _write_atomic(out: Path, filename: str, text: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    tmp = out / f".{filename}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_mask(
+    out_dir: str | os.PathLike,
+    name: str,
+    anomaly_map: MapInput,
+    pixel_threshold: float,
+    size: tuple[int, int] | None = None,
+) -> Path:
+    """Write OUT/masks/NAME.png: 255 where map > t_px, else 0 (8-bit, the image's size).
+
+    size = (width, height) of the image when the map is not at the image's size; the map
+    is then resized bilinearly before thresholding.
+    """
+    values = load_map(anomaly_map)
+    if size is not None:
+        values = resize_map(values, (int(size[0]), int(size[1])))
+    folder = Path(out_dir) / MASKS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    tmp = folder / f".{name}.png.tmp"
+    Image.fromarray(((values > pixel_threshold) * 255).astype(np.uint8)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,334 @@
+"""The HTML report, read back with the stdlib parser; pixel values checked against
+hand-computed blends of the shared colour table; metrics against scikit-learn."""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import f1_score, precision_score, recall_score
+
+from anoclip.errors import AnoclipError, ReportError
+from anoclip.results import report
+from anoclip.results.overlays import colorize
+from anoclip.threshold import Threshold
+from tests.report_dom import decode_data_uri, parse
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def test_template_is_package_data():
+    assert (importlib.resources.files("anoclip") / "templates" / "report.html.j2").is_file()
+
+
+def test_ranked_highest_first_ties_by_name():
+    rows = report.as_rows(
+        [{"source": None, "name": n, "score": s} for n, s in [("b", 0.2), ("a", 0.9), ("c", 0.2)]]
+    )
+    assert [r.name for r in report.ranked(rows)] == ["a", "b", "c"]
+
+
+def test_rows_reject_unknown_keys_and_bad_scores():
+    with pytest.raises(ReportError, match="colour"):
+        report.as_rows([{"source": None, "name": "a", "score": 1.0, "colour": "red"}])
+    with pytest.raises(ReportError, match="not finite"):
+        report.as_rows([{"source": None, "name": "a", "score": float("nan")}])
+
+
+def test_truth_from_label_or_flag():
+    row = report.ReportRow(None, "a", 0.1, label="good")
+    assert row.truth is False
+    assert report.ReportRow(None, "a", 0.1, label="scratch").truth is True
+    assert report.ReportRow(None, "a", 0.1, label="good", anomalous=True).truth is True
+    assert report.ReportRow(None, "a", 0.1).truth is None
+
+
+def test_to_unit_and_quantise_hand_computed():
+    v = report.to_unit(np.array([-0.5, 1.0, 2.0, 3.0, 5.0, 9.0]), 1.0, 5.0)
+    assert v.tolist() == [0, 0, 0.25, 0.5, 1, 1]
+    assert report.quantise(v).tolist() == [0, 0, 64, 128, 255, 255]  # 63.75, 127.5 (to even)
+
+
+def test_run_scale_is_pooled_quantiles():
+    rng = np.random.default_rng(0)
+    maps = [rng.random((40, 30)) * (i + 1) for i in range(3)]
+    lo, hi = report.run_scale([report.subsample(m) for m in maps], (0.5, 0.999))
+    pooled = np.concatenate([m.ravel() for m in maps])  # maps ≤ 64 px: every pixel sampled
+    assert (lo, hi) == pytest.approx((np.quantile(pooled, 0.5), np.quantile(pooled, 0.999)))
+    assert report.run_scale([np.full(5, 2.0)], (0.5, 0.999)) == (2.0, 3.0)
+
+
+def test_blend_hand_computed():
+    rgb = np.full((1, 3, 3), 100, np.uint8)
+    levels = np.array([[0, 255, 128]], np.uint8)
+    out = report.blend(rgb, levels)
+    lut = colorize(np.linspace(0, 1, 256)).astype(float)
+    assert out[0, 0].tolist() == [100, 100, 100]
+    for j, lev in ((1, 255), (2, 128)):
+        a = 0.7 * lev / 255
+        expected = np.floor(100 * (1 - a) + lut[lev] * a + 0.5)
+        assert out[0, j].tolist() == expected.tolist()
+
+
+def test_outline_of_a_square_is_its_ring():
+    m = np.zeros((7, 7), bool)
+    m[1:6, 1:6] = True
+    ring = report.outline(m)
+    assert ring.sum() == 16 and ring[1, 1] and ring[5, 3] and not ring[3, 3]
+    assert not report.outline(np.zeros((3, 3), bool)).any()
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "ticks"),
+    [(0, 1, [0, 0.25, 0.5, 0.75, 1]), (0.42, 0.87, [0.5, 0.6, 0.7, 0.8]), (0, 7, [0, 2, 4, 6])],
+)
+def test_nice_ticks(lo, hi, ticks):
+    assert report.nice_ticks(lo, hi) == pytest.approx(ticks)
+
+
+def test_histogram_counts_and_threshold_position():
+    rng = np.random.default_rng(1)
+    s = rng.random(200)
+    truth = s + rng.normal(0, 0.2, 200) > 0.6
+    h = report.histogram(s, truth, threshold=1.2, bins=10, width=500)
+    lo, hi = s.min(), 1.2
+    edges = lo + (hi - lo) * np.arange(11) / 10
+    for group, want in (("normal", ~truth), ("anomalous", truth)):
+        brute = [0] * 10  # by hand: the last bin is closed
+        for v in s[want]:
+            brute[min(9, int(np.searchsorted(edges, v, side="right")) - 1)] += 1
+        got = [0] * 10
+        for b in h["bars"]:
+            if b["group"] == group:
+                got[int(round((b["lo"] - lo) / (hi - lo) * 10))] = b["count"]
+        assert got == brute
+    plot = h["plot"]
+    assert h["threshold"]["x"] == pytest.approx(plot["right"])  # t = max of the range
+    assert h["threshold"]["anchor"] == "end"
+    assert h["counts"] == {"normal": int((~truth).sum()), "anomalous": int(truth.sum())}
+
+
+# ---- the page --------------------------------------------------------------------------
+
+
+def _rows(n: int = 6, size=(40, 30)):
+    """Rows over grey images (source None) with constant maps 0, 0.2, ..., 1.0."""
+    w, h = size
+    return [
+        {
+            "source": None,
+            "name": f"img{i}",
+            "score": 0.1 * i,
+            "decision": "defect" if i >= 4 else "ok",
+            "ratio": 0.1 * i / 0.35,
+            "map": np.full((h, w), 0.2 * i, np.float32),
+        }
+        for i in range(n)
+    ]
+
+
+def test_cards_sorted_with_badges(tmp_path):
+    t = Threshold("normal", 0.35, None, {"false_reject": 0.01}, "0.1.0", {})
+    path = report.write_report(tmp_path, _rows(), t, {"model": "tiny"}, "Run")
+    page = parse(path.read_text(encoding="utf-8"))
+    assert len(page.cards) == 6
+    scores = [float(c["data-score"]) for c in page.cards]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(0.5)
+    assert [c["data-decision"] for c in page.cards] == ["defect"] * 2 + ["ok"] * 4
+    assert "unsupervised" not in path.read_text()
+    assert page.texts["count-shown"] == "6" and page.texts["count-defect"] == "2"
+    assert "threshold-line" in page.ids and page.bars > 0
+    assert page.texts["image-threshold"] == "0.350"
+
+
+def test_unsupervised_flag_on_every_card(tmp_path):
+    t = Threshold("unsupervised", 0.35, None, {"k": 3.5}, "0.1.0", {})
+    page = parse(report.write_report(tmp_path, _rows(), t).read_text())
+    assert "unsupervised-banner" in page.ids
+    assert all("unsupervised" in text for text in page.card_texts)
+
+
+def test_thumbnails_small_and_on_the_fixed_scale(tmp_path):
+    """Constant maps: a per-image min-max stretch would make them all one colour."""
+    path = report.write_report(
+        tmp_path, _rows(size=(400, 300)), None, scale=(0.0, 1.0), image_format="png"
+    )
+    page = parse(path.read_text())
+    lut = colorize(np.linspace(0, 1, 256)).astype(float)
+    for uri in page.thumbs:
+        assert decode_data_uri(uri).shape[:2] == (120, 160)  # 400×300 fitted into 160 px
+    # card k shows the map 0.2·(5 − k): level round(255·v), blended over grey 128
+    for k, uri in enumerate(page.thumbs):
+        lev = int(np.rint(0.2 * (5 - k) * 255))
+        a = 0.7 * lev / 255
+        want = np.floor(128 * (1 - a) + lut[lev] * a + 0.5)
+        assert decode_data_uri(uri)[60, 80, :3].tolist() == want.tolist()
+
+
+def test_detail_map_is_quantised_on_the_run_scale(tmp_path):
+    rows = _rows()
+    path = report.write_report(tmp_path, rows, None, scale=(0.2, 0.6))
+    page = parse(path.read_text())
+    details = page.json("details")
+    conf = page.json("conf")
+    assert (conf["lo"], conf["hi"]) == (0.2, 0.6)
+    assert conf["lut"] == colorize(np.linspace(0, 1, 256)).tolist()
+    for d in details:
+        value = 0.2 * int(d["name"][3:])
+        lev = np.clip(np.rint((value - 0.2) / 0.4 * 255), 0, 255)
+        got = decode_data_uri(d["map"]).astype(float)
+        assert abs(got.mean() - lev) <= 2  # lossy WebP of a flat image
+        assert max(d["w"], d["h"]) <= 320
+
+
+def test_default_scale_is_the_run_wide_quantiles(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = [
+        {"source": None, "name": f"r{i}", "score": float(i), "map": rng.random((30, 20)) * (i + 1)}
+        for i in range(4)
+    ]
+    page = parse(report.write_report(tmp_path, rows).read_text())
+    pooled = np.concatenate([r["map"].ravel() for r in rows])
+    conf = page.json("conf")
+    assert conf["lo"] == pytest.approx(np.quantile(pooled, 0.5))
+    assert conf["hi"] == pytest.approx(np.quantile(pooled, 0.999))
+
+
+def test_settings_are_escaped(tmp_path):
+    evil = "<script>alert(1)</script>"
+    path = report.write_report(tmp_path, _rows(2), None, {"note": evil, "nested": {"a": 1}}, evil)
+    html = path.read_text()
+    assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    page = parse(html)
+    assert ["nested.a", "1"] in page.tables["settings"]
+    assert ["note", evil] in page.tables["settings"]
+
+
+def test_maps_from_npy_paths_and_real_images(tmp_path):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((50, 60, 3), 200, np.uint8)).save(img)
+    np.save(tmp_path / "a.npy", np.zeros((50, 60), np.float32))
+    row = {"source": img, "name": "a", "score": 0.5, "map": tmp_path / "a.npy"}
+    page = parse(report.write_report(tmp_path, [row], scale=(0, 1), image_format="png").read_text())
+    assert decode_data_uri(page.thumbs[0])[10, 10, :3].tolist() == [200, 200, 200]  # level 0
+
+
+def test_missing_map_is_a_report_error(tmp_path):
+    row = {"source": None, "name": "a", "score": 0.5, "map": tmp_path / "absent.npy"}
+    with pytest.raises(ReportError) as info:
+        report.write_report(tmp_path, [row])
+    assert isinstance(info.value, AnoclipError) and "\n" not in str(info.value)
+    with pytest.raises(ReportError, match="no images"):
+        report.write_report(tmp_path, [])
+
+
+# ---- labelled mode ---------------------------------------------------------------------
+
+
+def _labelled_rows(tmp_path, rng):
+    rows = []
+    for i in range(24):
+        anomalous = i % 3 == 0
+        gt = np.zeros((32, 32), bool)
+        if anomalous:
+            gt[8:20, 10:22] = True
+        m = rng.random((32, 32)).astype(np.float32) * 0.5 + 0.45 * gt
+        mask = None
+        if anomalous:
+            mask = tmp_path / f"m{i}.png"
+            Image.fromarray(gt.astype(np.uint8) * 255).save(mask)
+        score = float(m.max() + rng.normal(0, 0.15))
+        rows.append(
+            {
+                "source": None,
+                "name": f"i{i:02d}",
+                "score": score,
+                "decision": "defect" if score > 0.7 else "ok",
+                "map": m,
+                "mask": mask,
+                "label": "crack" if anomalous else "good",
+                "category": "a" if i < 12 else "b",
+                "_gt": gt,
+            }
+        )
+    return rows
+
+
+def test_labelled_metrics_table_matches_sklearn(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = _labelled_rows(tmp_path, rng)
+    t = Threshold("normal", 0.7, 0.8, {}, "0.1.0", {})
+    clean = [{k: v for k, v in r.items() if k != "_gt"} for r in rows]
+    html = report.write_report(tmp_path, clean, t, scale=(0, 1)).read_text()
+    assert 'data-filter="wrong"' in html
+    page = parse(html)
+    table = page.tables["metrics"]
+    header = table[0]
+    by_cat = {r[0]: dict(zip(header, r)) for r in table[1:]}
+    assert set(by_cat) == {"a", "b", "all"}
+    for cat in ("a", "b", "all"):
+        sel = [r for r in rows if cat == "all" or r["category"] == cat]
+        y = [r["label"] != "good" for r in sel]
+        p = [r["decision"] == "defect" for r in sel]
+        got = by_cat[cat]
+        assert float(got["image precision"]) == pytest.approx(
+            precision_score(y, p, zero_division=0), abs=5e-4
+        )
+        assert float(got["image recall"]) == pytest.approx(recall_score(y, p), abs=5e-4)
+        assert float(got["image f1"]) == pytest.approx(f1_score(y, p), abs=5e-4)
+        yp = np.concatenate([r["_gt"].ravel() for r in sel])
+        pp = np.concatenate([(r["map"] > 0.8).ravel() for r in sel])
+        assert float(got["pixel f1"]) == pytest.approx(f1_score(yp, pp), abs=5e-4)
+        assert float(got["pixel recall"]) == pytest.approx(recall_score(yp, pp), abs=5e-4)
+    wrong = sum(
+        (r["label"] != "good") != (r["decision"] == "defect") for r in rows
+    )  # fmt: skip
+    assert sum(c["data-wrong"] == "1" for c in page.cards) == wrong
+    assert wrong > 0 and int(page.texts["count-shown"]) == 24
+
+
+def test_ground_truth_outline_in_thumbnail(tmp_path):
+    gt = np.zeros((32, 32), bool)
+    gt[8:24, 8:24] = True
+    Image.fromarray(gt.astype(np.uint8) * 255).save(tmp_path / "m.png")
+    row = {
+        "source": None, "name": "a", "score": 1.0, "map": np.zeros((32, 32), np.float32),
+        "mask": tmp_path / "m.png", "label": "crack",
+    }  # fmt: skip
+    page = parse(report.write_report(tmp_path, [row], scale=(0, 1), image_format="png").read_text())
+    px = decode_data_uri(page.thumbs[0])[..., :3]
+    green = np.all(px == [0, 255, 0], axis=-1)
+    assert np.array_equal(green, report.outline(gt))  # 32 px: no resizing
+    detail = page.json("details")[0]
+    assert np.array_equal(decode_data_uri(detail["gt"]) > 127, report.outline(gt))
+
+
+def test_caller_metrics_table_is_shown_verbatim(tmp_path):
+    metrics = {"screw": {"image_auroc": 0.91, "f1": 0.5}, "transistor": {"image_auroc": 0.8}}
+    page = parse(report.write_report(tmp_path, _rows(2), metrics=metrics).read_text())
+    assert page.tables["metrics"][0] == ["category", "image auroc", "f1"]
+    assert page.tables["metrics"][1] == ["screw", "0.910", "0.500"]
+    assert page.tables["metrics"][2] == ["transistor", "0.800", ""]
+
+
+# ---- masks -----------------------------------------------------------------------------
+
+
+def test_write_mask(tmp_path):
+    m = np.array([[0.1, 0.6], [0.5, 0.9]], np.float32)
+    path = report.write_mask(tmp_path, "x", m, 0.5)
+    assert path == tmp_path / "masks" / "x.png"
+    got = np.asarray(Image.open(path))
+    assert got.dtype == np.uint8 and got.tolist() == [[0, 255], [0, 255]]
+
+
+def test_write_mask_at_the_image_size(tmp_path):
+    m = np.zeros((4, 4), np.float32)
+    m[:, 2:] = 1.0
+    got = np.asarray(Image.open(report.write_mask(tmp_path, "y", m, 0.5, size=(8, 6))))
+    assert got.shape == (6, 8)
+    assert got[:, 0].max() == 0 and got[:, -1].min() == 255
+    assert not math.isnan(got.mean())
