@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from anoclip.threshold import Decision, Threshold, decide
+from anoclip.threshold import Decision, Threshold, decide, defect_mask
 from anoclip.threshold import ratio as score_ratio
 
 
@@ -45,8 +45,9 @@ class Prediction:
     source: the path as given, or the index of an in-memory image.
     mode: the mode that scored it ("anoclip" when a set mode fell back to single images).
     image_size: (H, W) of the image; the map is smaller when its size was capped.
-    decision: "defect" if score > t else "ok", once a threshold t was applied (else None).
-    ratio: score / t (> 1 means defect; NaN when t ≤ 0), with the decision.
+    decision: "ok", "review" or "defect" once a threshold was applied (else None): defect ⟺
+        score > t_d, review ⟺ t_r < score ≤ t_d (:mod:`anoclip.threshold`).
+    ratio: score / t_d (> 1 means defect; NaN when t_d ≤ 0), with the decision.
     threshold: the applied :class:`~anoclip.decide.calibrate.Threshold` (or plain float t).
     """
 
@@ -70,9 +71,9 @@ class Prediction:
         return isinstance(self.threshold, Threshold) and self.threshold.unsupervised
 
     def defect_mask(self) -> np.ndarray | None:
-        """`[h, w]` bool: anomaly_map > pixel threshold (None without a pixel threshold)."""
-        t_px = getattr(self.threshold, "pixel_threshold", None)
-        return None if t_px is None else self.anomaly_map > t_px
+        """`[h, w]` bool defect mask (:func:`anoclip.threshold.defect_mask`; None without a
+        pixel threshold): a review / defect image's mask is never empty."""
+        return defect_mask(self.anomaly_map, self.decision, self.threshold)
 
 
 @dataclass

@@ -1,7 +1,12 @@
 """The decision rule a run applies: :class:`Threshold` (threshold.json) and the decision
-of one score against it.
+of one score against it, with a review band between "clearly normal" and "defect":
 
-    decision = "defect" ⟺ score > t,   ratio = score / t
+    decision = "defect"  if score > t_d
+               "review"  if t_r < score ≤ t_d      (t_r ≤ t_d; no band when t_r is None)
+               "ok"      otherwise                 ratio = score / t_d
+
+    mask     = map > t_px_r   for "review" / "defect" (never empty: else map ≥ 0.7·max map)
+               map > t_px_d   for "ok"
 
 How thresholds are estimated is :mod:`anoclip.decide.calibrate`; this module is the record
 they produce, so the records, writers and reports read it without the estimators.
@@ -17,19 +22,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from anoclip.errors import CalibrationError, ThresholdFileError
 
 METHODS = ("normal", "unsupervised")
 FILE_FORMAT = "anoclip-threshold"
-FILE_VERSION = 1
-Decision = Literal["ok", "defect"]
+FILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no review band
+Decision = Literal["ok", "review", "defect"]
+DECISIONS: tuple[Decision, ...] = ("ok", "review", "defect")
+MASK_FALLBACK = 0.7  # a flagged image with no pixel over t_px_r: its pixels ≥ 0.7·max
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """A calibrated decision rule: defect ⟺ score > image_threshold.
+    """A calibrated decision rule (module doc): defect ⟺ score > image_threshold (t_d),
+    review ⟺ review_threshold (t_r) < score ≤ t_d.
 
     method: "normal" (from known-good images) or "unsupervised" (from the unlabeled set).
+    pixel_threshold / pixel_review: the pixel bounds t_px_d ≥ t_px_r of the masks;
+    pixel_typical: a normal image's typical map maximum (the colour scale's quiet end).
     inputs: how it was obtained (counts, target FRR, confidence, per-image quantile, ...).
     settings: the caller's fingerprint of everything that changes scores (model, weights,
     mode, TTA, seed, ...); a file is only reused with equal settings.
@@ -41,6 +54,15 @@ class Threshold:
     inputs: dict[str, Any] = field(default_factory=dict)
     anoclip_version: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    review_threshold: float | None = None
+    pixel_review: float | None = None
+    pixel_typical: float | None = None
+
+    def __post_init__(self) -> None:
+        for low, high in ((self.review_threshold, self.image_threshold),
+                          (self.pixel_review, self.pixel_threshold)):  # fmt: skip
+            if low is not None and high is not None and low > high:
+                raise CalibrationError(f"review bound {low:g} above the defect bound {high:g}")
 
     @property
     def unsupervised(self) -> bool:
@@ -53,6 +75,9 @@ class Threshold:
             "method": self.method,
             "image_threshold": self.image_threshold,
             "pixel_threshold": self.pixel_threshold,
+            "review_threshold": self.review_threshold,
+            "pixel_review": self.pixel_review,
+            "pixel_typical": self.pixel_typical,
             "inputs": self.inputs,
             "anoclip_version": self.anoclip_version,
             "settings": self.settings,
@@ -101,10 +126,31 @@ def image_level(threshold: float | Threshold) -> float:
 
 
 def decide(score: float, threshold: float | Threshold) -> Decision:
-    """ "defect" if score > t, else "ok" (a score equal to the threshold is ok)."""
+    """ "defect" if score > t_d, "review" if score > t_r, else "ok" (a score equal to a
+    bound is on its lower side; a float t has no review band)."""
     if not math.isfinite(score):
         raise CalibrationError(f"cannot decide on a non-finite score ({score})")
-    return "defect" if score > image_level(threshold) else "ok"
+    if score > image_level(threshold):
+        return "defect"
+    t_r = getattr(threshold, "review_threshold", None)
+    return "review" if t_r is not None and score > t_r else "ok"
+
+
+def defect_mask(
+    anomaly_map: np.ndarray, decision: Decision | None, threshold: object
+) -> np.ndarray | None:
+    """`[h, w]` bool mask (module doc), or None without a pixel bound. A flagged image's
+    mask is never empty: it marks at least the pixels that drove its score."""
+    t_d = getattr(threshold, "pixel_threshold", None)
+    if t_d is None:
+        return None
+    t_r = getattr(threshold, "pixel_review", None)
+    if decision in ("review", "defect"):
+        mask = anomaly_map > (t_d if t_r is None else t_r)
+        if not mask.any():
+            mask = anomaly_map >= MASK_FALLBACK * float(anomaly_map.max())
+        return mask
+    return anomaly_map > t_d
 
 
 def ratio(score: float, threshold: float | Threshold) -> float:
@@ -133,21 +179,28 @@ def _threshold_from_dict(data: Any, path: Path) -> Threshold:
 
     if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
         raise bad(f'no "format": "{FILE_FORMAT}"')
-    if data.get("format_version") != FILE_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise bad(f"format_version {data.get('format_version')!r}, expected {FILE_VERSION}")
     if data.get("method") not in METHODS:
         raise bad(f"method {data.get('method')!r} is not one of {', '.join(METHODS)}")
     t_img = _finite_number(data.get("image_threshold"))
     if t_img is None:
         raise bad("image_threshold is not a finite number")
-    t_px = data.get("pixel_threshold")
-    if t_px is not None and (t_px := _finite_number(t_px)) is None:
-        raise bad("pixel_threshold is not a finite number or null")
+    bounds = {}
+    for key in ("pixel_threshold", "review_threshold", "pixel_review", "pixel_typical"):
+        value = data.get(key)
+        if value is not None and (value := _finite_number(value)) is None:
+            raise bad(f"{key} is not a finite number or null")
+        bounds[key] = value
     inputs, settings = data.get("inputs", {}), data.get("settings", {})
     if not isinstance(inputs, dict) or not isinstance(settings, dict):
         raise bad("inputs and settings must be objects")
     version = data.get("anoclip_version", "")
-    return Threshold(data["method"], t_img, t_px, inputs, str(version), settings)
+    try:
+        return Threshold(data["method"], t_img, inputs=inputs, anoclip_version=str(version),
+                         settings=settings, **bounds)  # fmt: skip
+    except CalibrationError as e:
+        raise bad(str(e)) from None
 
 
 def _finite_number(value: Any) -> float | None:

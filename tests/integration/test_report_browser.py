@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anoclip import threshold as threshold_rule
 from anoclip.decide import calibrate
 from anoclip.results import report
 from tests.report_dom import parse
@@ -80,8 +81,8 @@ def built(tmp_path_factory, mvtec):
             rows.append(
                 report.ReportRow(
                     source=path, name=f"{folder.name}_{path.stem}", score=score,
-                    decision=calibrate.decide(score, threshold),
-                    ratio=calibrate.ratio(score, threshold), map=values, mask=mask,
+                    decision=threshold_rule.decide(score, threshold),
+                    ratio=threshold_rule.ratio(score, threshold), map=values, mask=mask,
                     label=folder.name, category="screw",
                 )
             )  # fmt: skip

@@ -99,25 +99,23 @@ scores too low. The caller then computes the normal scores and maps leave-one-ou
 passes them in (``leave_one_out=True`` only records this in ``inputs``); the estimators
 treat them as fresh normal scores.
 
+Review band
+-----------
+
+Every threshold has two bounds: t_r (review) ≤ t_d (defect). With n known-good scores,
+t_d is the estimator above and t_r the order statistic x₍ₖ₎ with k = min(n, ⌈(n + 1)(1 − ρ)⌉),
+ρ = 5 %: for exchangeable scores a fresh normal image exceeds x₍ₖ₎ with probability exactly
+(n + 1 − k)/(n + 1) (20 % with 4 normals, 5 % from 19 on), whatever the distribution. The
+review band catches what the strict bound lets pass; a person looks at it.
+
 Unsupervised rule
 -----------------
 
-Without known-good images, the threshold is the robust outlier rule of Iglewicz & Hoaglin
-(modified z-score > 3.5), one-sided:
-
-    t = median(x) + k · 1.4826 · MAD(x),   MAD(x) = median |x − median(x)|,   k = 3.5 .
-
-1.4826·MAD estimates the standard deviation of a normal population; k = 3.5 flags
-≈ 2·10⁻⁴ of normal data (more when the normal scores are right-skewed). The median and MAD
-have a 50 % breakdown point, so the rule holds while anomalies are a minority of the set;
-it needs no iterations or initialisation and is deterministic. If at least half the scores
-equal the median (MAD = 0), the spread falls back to 1.2533·mean|x − median|.
-A two-component Gaussian mixture was rejected: with tens of images it is unstable, it
-splits even a clean set into two "classes", and which component means "defect" is a
-guess. Caveat: when defects are the majority (MVTec AD test sets are), the median sits
-among the defects and the rule misses many of them; this is why such thresholds are
-flagged ``unsupervised`` everywhere they are shown. The pixel threshold applies the same
-rule to the per-image q-quantiles of the maps.
+Without known-good images, both bounds come from the unlabeled set itself
+(:mod:`anoclip.decide.unlabeled`): its half-sample mode c and the spread σ_L of the scores
+below it give t_r = c + 2σ_L and t_d = c + 4σ_L. The pixel bounds apply the same rule to the
+per-image q-quantiles of the maps. Such thresholds are flagged ``unsupervised`` everywhere
+they are shown.
 """
 
 from __future__ import annotations
@@ -132,16 +130,14 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from anoclip.decide.unlabeled import DEFECT_K, REVIEW_K, set_bounds
 from anoclip.errors import CalibrationError
 from anoclip.threshold import Threshold, anoclip_version, image_level
 
 DEFAULT_FALSE_REJECT = 0.01
 DEFAULT_CONFIDENCE = 0.9
-UNSUPERVISED_K = 3.5
+REVIEW_RATE = 0.05  # ρ: the known-good review bound's rate, see 'Review band'
 MIN_NORMALS = 2
-MIN_UNLABELED = 3
-MAD_TO_SD = 1.4826  # 1 / Φ⁻¹(3/4)
-MEAN_AD_TO_SD = 1.2533  # √(π/2)
 
 MapInput = np.ndarray | str | os.PathLike
 
@@ -245,26 +241,6 @@ def pixel_threshold(
     return upper_quantile_bound(stat, false_reject, confidence)[0]
 
 
-def robust_spread(scores: Iterable[float]) -> float:
-    """σ̂ = 1.4826·MAD, or 1.2533·mean|x − median| when MAD = 0 (many ties)."""
-    x = _finite_array(scores, "scores")
-    dev = np.abs(x - np.median(x))
-    mad = float(np.median(dev))
-    return MAD_TO_SD * mad if mad > 0 else MEAN_AD_TO_SD * float(np.mean(dev))
-
-
-def robust_outlier_threshold(scores: Iterable[float], k: float = UNSUPERVISED_K) -> float:
-    """t = median(x) + k·σ̂ with σ̂ = 1.4826·MAD (see :func:`robust_spread`)."""
-    x = _finite_array(scores, "scores")
-    if x.size < MIN_UNLABELED:
-        raise CalibrationError(
-            f"need at least {MIN_UNLABELED} images for an unsupervised threshold, got {x.size}"
-        )
-    if not k > 0:
-        raise CalibrationError(f"the outlier factor k must be positive, got {k}")
-    return float(np.median(x)) + k * robust_spread(x)
-
-
 # ---------------------------------------------------------------------------------------
 # The threshold record
 # ---------------------------------------------------------------------------------------
@@ -280,7 +256,8 @@ def calibrate_normal(
     leave_one_out: bool = False,
     settings: Mapping[str, Any] | None = None,
 ) -> Threshold:
-    """Threshold from known-good images (scores, and maps for the pixel threshold)."""
+    """Threshold from known-good images (scores, and maps for the pixel bounds):
+    t_d = :func:`upper_quantile_bound`, t_r = :func:`review_bound` (module doc)."""
     x = _finite_array(normal_scores, "normal scores")
     t_img, est = upper_quantile_bound(x, false_reject, confidence)
     inputs: dict[str, Any] = {
@@ -288,40 +265,64 @@ def calibrate_normal(
         "confidence": confidence,
         "n_normal": int(x.size),
         "estimator": est,
+        "review_rate": review_rate(x.size),
         "leave_one_out": leave_one_out,
     }
-    t_px = None
+    pixel: dict[str, float] = {}
     if normal_maps is not None:
         stat = per_image_statistic(normal_maps, pixel_quantile)
         t_px, px_est = upper_quantile_bound(stat, false_reject, confidence)
+        pixel = {"pixel_threshold": t_px, "pixel_review": review_bound(stat),
+                 "pixel_typical": float(np.median(stat))}  # fmt: skip
         inputs.update(n_maps=int(stat.size), pixel_quantile=pixel_quantile, pixel_estimator=px_est)
-    return Threshold("normal", t_img, t_px, inputs, anoclip_version(), dict(settings or {}))
+    return Threshold("normal", t_img, inputs=inputs, anoclip_version=anoclip_version(),
+                     settings=dict(settings or {}), review_threshold=review_bound(x),
+                     **pixel)  # fmt: skip
+
+
+def review_bound(normal_scores: np.ndarray) -> float:
+    """x₍ₖ₎, k = min(n, ⌈(n + 1)(1 − ρ)⌉): a fresh normal exceeds it with probability
+    :func:`review_rate` (exchangeable scores, any distribution)."""
+    x = np.sort(np.asarray(normal_scores, dtype=np.float64))
+    k = min(x.size, math.ceil((x.size + 1) * (1 - REVIEW_RATE) - 1e-9))
+    return float(x[k - 1])
+
+
+def review_rate(n: int) -> float:
+    """(n + 1 − k)/(n + 1): the share of good parts the known-good review bound flags."""
+    k = min(n, math.ceil((n + 1) * (1 - REVIEW_RATE) - 1e-9))
+    return (n + 1 - k) / (n + 1)
 
 
 def calibrate_unsupervised(
     scores: Iterable[float],
     maps: Iterable[MapInput] | None = None,
     *,
-    k: float = UNSUPERVISED_K,
+    k: float = DEFECT_K,
+    review_k: float = REVIEW_K,
     pixel_quantile: float = 1.0,
     settings: Mapping[str, Any] | None = None,
 ) -> Threshold:
-    """Threshold from the unlabeled set's own scores: median + k·1.4826·MAD."""
+    """Threshold from the unlabeled set's own scores (:mod:`anoclip.decide.unlabeled`):
+    t_r = c + review_k·σ_L, t_d = c + k·σ_L, and the same over the maps' statistics."""
     x = _finite_array(scores, "scores")
+    c, t_r, t_d = set_bounds(x, review_k, k)
     inputs: dict[str, Any] = {
-        "rule": "median + k * 1.4826 * MAD",
+        "rule": "half-sample mode c + k * left spread",
         "k": k,
+        "review_k": review_k,
         "n_images": int(x.size),
-        "median": float(np.median(x)),
-        "spread": robust_spread(x),
+        "centre": c,
+        "spread": (t_d - c) / k,
     }
-    t_px = None
+    pixel: dict[str, float] = {}
     if maps is not None:
         stat = per_image_statistic(maps, pixel_quantile)
-        t_px = robust_outlier_threshold(stat, k)
+        c_px, r_px, d_px = set_bounds(stat, review_k, k)
+        pixel = {"pixel_threshold": d_px, "pixel_review": r_px, "pixel_typical": c_px}
         inputs.update(n_maps=int(stat.size), pixel_quantile=pixel_quantile)
-    t_img = robust_outlier_threshold(x, k)
-    return Threshold("unsupervised", t_img, t_px, inputs, anoclip_version(), dict(settings or {}))
+    return Threshold("unsupervised", t_d, inputs=inputs, anoclip_version=anoclip_version(),
+                     settings=dict(settings or {}), review_threshold=t_r, **pixel)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,11 +19,11 @@ from anoclip.data.listing import expand_inputs
 from anoclip.data.loading import as_list
 from anoclip.decide.calibrate import (
     MIN_NORMALS,
-    UNSUPERVISED_K,
     calibrate_normal,
     calibrate_unsupervised,
     per_image_statistic,
 )
+from anoclip.decide.unlabeled import DEFECT_K
 from anoclip.errors import CalibrationError, ImageDecodeError, UsageError
 from anoclip.records import Failure, Prediction, Scored
 from anoclip.threshold import Threshold
@@ -80,14 +80,15 @@ def decide_all(
     predictions: Sequence[Prediction],
     threshold: Threshold | float | Literal["unsupervised"],
     *,
-    k: float = UNSUPERVISED_K,
+    k: float = DEFECT_K,
     settings_id: Mapping[str, Any] | None = None,
 ) -> list[Prediction]:
     """`predictions` with `decision` / `ratio` filled (copies, same order).
 
-    threshold: a Threshold or float t ("defect" ⟺ score > t), or "unsupervised": t =
-    median + k·1.4826·MAD of these predictions' scores and t_px the same rule over the
-    per-image map maxima (needs ≥ 3 predictions; the result is flagged unsupervised).
+    threshold: a Threshold or float t ("defect" ⟺ score > t), or "unsupervised": the review
+    and defect bounds c + 2σ_L, c + k·σ_L of these predictions' scores and the same rule
+    over the per-image map maxima (:mod:`anoclip.decide.unlabeled`; needs ≥ 3 predictions;
+    the result is flagged unsupervised).
     """
     if isinstance(threshold, str):
         if threshold != "unsupervised":

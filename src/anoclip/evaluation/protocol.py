@@ -56,12 +56,12 @@ from anoclip.data.preprocess import resize_map
 from anoclip.decide.calibrate import (
     DEFAULT_FALSE_REJECT,
     MIN_NORMALS,
-    MIN_UNLABELED,
     Counts,
     calibrate_unsupervised,
     image_metrics,
     pixel_metrics,
 )
+from anoclip.decide.unlabeled import MIN_UNLABELED
 from anoclip.detector import Detector
 from anoclip.errors import EvaluationError
 from anoclip.evaluation import metrics as M

@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from anoclip.data.images import load_rgb
-from anoclip.decide.calibrate import MIN_UNLABELED, calibrate_unsupervised
+from anoclip.decide.calibrate import calibrate_unsupervised
+from anoclip.decide.unlabeled import MIN_UNLABELED
 from anoclip.errors import AnoclipWarning, ResultFolderError
 from anoclip.records import Failure, Prediction
 from anoclip.results import report

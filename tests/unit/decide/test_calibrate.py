@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
 
+from anoclip import threshold as rule
 from anoclip.decide import calibrate
 from anoclip.errors import AnoclipError, CalibrationError, ThresholdFileError
 from anoclip.threshold import Threshold
@@ -84,7 +85,7 @@ def test_exponential_tail_never_below_the_largest_normal():
 
 def test_constant_scores_give_that_score():
     assert calibrate.image_threshold([0.4] * 6) == pytest.approx(0.4)
-    assert calibrate.decide(0.4, 0.4) == "ok"
+    assert rule.decide(0.4, 0.4) == "ok"
 
 
 def test_location_and_scale_invariant():
@@ -145,43 +146,12 @@ def test_pixel_threshold_per_image_quantile(tmp_path):
 # ---- unsupervised ----------------------------------------------------------------------
 
 
-def test_unsupervised_hand_computed():
-    # median 3, |x − 3| = 2, 1, 0, 1, 97 -> MAD = 1 -> t = 3 + 3.5·1.4826
-    t = calibrate.robust_outlier_threshold([1, 2, 3, 4, 100])
-    assert t == pytest.approx(3 + 3.5 * 1.4826)
-    assert calibrate.decide(100, t) == "defect" and calibrate.decide(4, t) == "ok"
-
-
-def test_unsupervised_matches_scipy_mad():
-    x = np.random.default_rng(7).normal(size=101)
-    sigma = stats.median_abs_deviation(x, scale="normal")
-    assert calibrate.robust_outlier_threshold(x, k=3.0) == pytest.approx(
-        np.median(x) + 3.0 * sigma, rel=1e-4
-    )
-
-
-def test_unsupervised_zero_mad_falls_back_to_mean_deviation():
-    # median 5, MAD 0, mean |x − 5| = 0.8 -> σ̂ = 1.2533·0.8
-    t = calibrate.robust_outlier_threshold([5, 5, 5, 5, 9])
-    assert t == pytest.approx(5 + 3.5 * 1.2533 * 0.8)
-
-
 def test_unsupervised_ignores_a_minority_of_outliers():
     rng = np.random.default_rng(8)
     normal = rng.normal(0.3, 0.01, 80)
     t = calibrate.calibrate_unsupervised(np.r_[normal, rng.normal(0.6, 0.02, 20)])
     assert t.method == "unsupervised" and t.unsupervised
     assert 0.3 < t.image_threshold < 0.4
-
-
-def test_unsupervised_pixel_threshold_from_map_maxima():
-    rng = np.random.default_rng(9)
-    maps = [rng.random((6, 6)) * 0.1 for _ in range(9)] + [np.full((6, 6), 0.9)]
-    t = calibrate.calibrate_unsupervised(rng.random(10), maps)
-    maxima = [m.max() for m in maps]
-    expected = np.median(maxima) + 3.5 * stats.median_abs_deviation(maxima, scale="normal")
-    assert t.pixel_threshold == pytest.approx(expected, rel=1e-4)
-    assert t.inputs["n_maps"] == 10
 
 
 # ---- the record ------------------------------------------------------------------------
@@ -230,7 +200,7 @@ def test_json_without_pixel_threshold(tmp_path):
         '"image_threshold": NaN}',
         '{"format": "anoclip-threshold", "format_version": 1, "method": "normal", '
         '"image_threshold": "0.5"}',
-        '{"format": "anoclip-threshold", "format_version": 2, "method": "normal", '
+        '{"format": "anoclip-threshold", "format_version": 3, "method": "normal", '
         '"image_threshold": 0.5}',
         '{"format": "anoclip-threshold", "format_version": 1, "method": "normal", '
         '"image_threshold": 0.5, "pixel_threshold": "x"}',
@@ -264,17 +234,53 @@ def test_mismatched_settings_are_refused(tmp_path):
 # ---- decisions -------------------------------------------------------------------------
 
 
+def test_review_band_decides_three_ways():
+    t = Threshold("normal", 0.5, 0.6, review_threshold=0.3, pixel_review=0.4)
+    assert [rule.decide(s, t) for s in (0.2, 0.3, 0.31, 0.5, 0.51)] == [
+        "ok", "ok", "review", "review", "defect",
+    ]  # fmt: skip
+    m = np.array([[0.1, 0.45], [0.5, 0.65]])
+    assert rule.defect_mask(m, "ok", t).tolist() == [[False, False], [False, True]]
+    assert rule.defect_mask(m, "review", t).tolist() == [[False, True], [True, True]]
+    quiet = np.array([[0.1, 0.2], [0.3, 0.35]])  # nothing over t_px_r: the top pixels
+    assert rule.defect_mask(quiet, "defect", t).tolist() == [[False, False], [True, True]]
+    assert rule.defect_mask(m, "review", Threshold("normal", 0.5)) is None
+    with pytest.raises(CalibrationError):
+        Threshold("normal", 0.5, review_threshold=0.6)
+
+
+def test_version_1_files_still_read(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "anoclip-threshold", "format_version": 1,
+                                "method": "normal", "image_threshold": 0.5,
+                                "pixel_threshold": 0.7}))  # fmt: skip
+    t = Threshold.from_json(path)
+    assert t.review_threshold is None and rule.decide(0.49, t) == "ok"
+
+
+@pytest.mark.parametrize(("n", "k", "rate"), [(4, 4, 1 / 5), (19, 19, 1 / 20), (99, 95, 5 / 100)])
+def test_known_good_review_bound_is_an_order_statistic(n, k, rate):
+    """x₍ₖ₎ with k = min(n, ⌈(n+1)·0.95⌉); a fresh exchangeable normal exceeds it with
+    probability (n + 1 − k)/(n + 1), checked by simulation."""
+    x = np.random.default_rng(n).permutation(np.arange(1.0, n + 1))
+    assert calibrate.review_bound(x) == k and calibrate.review_rate(n) == pytest.approx(rate)
+    rng = np.random.default_rng(0)
+    draws = rng.lognormal(size=(20000, n + 1))
+    fresh_above = [d[-1] > calibrate.review_bound(d[:-1]) for d in draws]
+    assert np.mean(fresh_above) == pytest.approx(rate, abs=0.01)
+
+
 def test_decide_ratio_mask():
     t = Threshold("normal", 0.5, 0.6)
-    assert calibrate.decide(0.51, t) == "defect"
-    assert calibrate.decide(0.5, t) == "ok"
-    assert calibrate.decide(0.2, 0.5) == "ok"
-    assert calibrate.ratio(0.75, t) == pytest.approx(1.5)
-    assert math.isnan(calibrate.ratio(0.3, 0.0))
+    assert rule.decide(0.51, t) == "defect"
+    assert rule.decide(0.5, t) == "ok"
+    assert rule.decide(0.2, 0.5) == "ok"
+    assert rule.ratio(0.75, t) == pytest.approx(1.5)
+    assert math.isnan(rule.ratio(0.3, 0.0))
     m = calibrate.mask(np.array([[0.5, 0.6], [0.61, 0.9]]), t.pixel_threshold)
     assert m.dtype == bool and m.tolist() == [[False, False], [True, True]]
     with pytest.raises(CalibrationError):
-        calibrate.decide(float("nan"), t)
+        rule.decide(float("nan"), t)
 
 
 @pytest.mark.parametrize(
@@ -285,7 +291,7 @@ def test_decide_ratio_mask():
         lambda: calibrate.image_threshold([0.1, 0.2, 0.3], false_reject=0.0),
         lambda: calibrate.image_threshold([0.1, 0.2, 0.3], confidence=1.0),
         lambda: calibrate.pixel_threshold([np.zeros((2, 2))] * 3, quantile=0.0),
-        lambda: calibrate.robust_outlier_threshold([1.0, 2.0]),
+        lambda: calibrate.calibrate_unsupervised([1.0, 2.0]),
     ],
 )
 def test_bad_inputs_are_user_errors(call):

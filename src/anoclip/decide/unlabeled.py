@@ -1,0 +1,77 @@
+"""Bounds from an unlabeled set whose majority is normal, at any defect rate below one half.
+
+Defects only ever push scores up, so the normal scores are the set's densest cluster and its
+lower side is uncontaminated. With x₁ … xₙ the scores (or per-image map maxima):
+
+    c   = half-sample mode of x                      (the normal scores' centre)
+    σ_L = √( mean_{xᵢ ≤ c} (xᵢ − c)² )                (their spread, from below c only)
+    t_r = c + k_r·σ_L      review bound  (k_r = 2: a Gaussian normal population exceeds it
+                                           with probability 2.3 %)
+    t_d = c + k_d·σ_L      defect bound  (k_d = 4: 3·10⁻⁵)
+
+The half-sample mode (Bickel & Frühwirth 2006) repeatedly keeps the shortest interval that
+holds half of the remaining points; its breakdown point is 50 %, and unlike the median it
+stays on the normal cluster when 40 % of the set is defective (the median then sits among
+the defects, which is why median + 3.5·1.4826·MAD, the previous rule, let most defects of a
+defect-heavy set pass). σ_L ignores everything above c, so no count of defects inflates it,
+and nothing here assumes a defect rate. Real normal scores are right-skewed, so more good
+parts than 2.3 % land in the review band (benchmarks/decisions.py measures how many).
+If more than half the scores below c tie with it (σ_L = 0), the spread falls back to
+1.4826·MAD of all scores, and to 0 (every score above c is a defect) when that is 0 too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from anoclip.errors import CalibrationError
+
+REVIEW_K = 2.0
+DEFECT_K = 4.0
+MIN_UNLABELED = 3
+MAD_TO_SD = 1.4826  # 1 / Φ⁻¹(3/4)
+
+
+def half_sample_mode(values: Iterable[float]) -> float:
+    """The half-sample mode: shrink the sorted sample to its shortest half until ≤ 3 points
+    remain; then the mean of 2, or of the closer pair of 3 (the middle one on a tie)."""
+    x = np.sort(np.asarray(list(values), dtype=np.float64))
+    if x.size == 0:
+        raise CalibrationError("no scores to find a mode in")
+    while x.size > 3:
+        h = (x.size + 1) // 2
+        widths = x[h - 1 :] - x[: x.size - h + 1]
+        start = int(np.argmin(widths))  # the first of equally short halves
+        x = x[start : start + h]
+    if x.size == 3:
+        left, right = x[1] - x[0], x[2] - x[1]
+        x = x[:2] if left < right else x[1:] if right < left else x[1:2]
+    return float(x.mean())
+
+
+def left_spread(values: Iterable[float], centre: float) -> float:
+    """σ_L = √(mean (xᵢ − c)² over xᵢ ≤ c), with the MAD fallback of the module doc."""
+    x = np.asarray(list(values), dtype=np.float64)
+    below = x[x <= centre] - centre
+    spread = float(np.sqrt(np.mean(below**2))) if below.size else 0.0
+    if spread > 0:
+        return spread
+    return MAD_TO_SD * float(np.median(np.abs(x - np.median(x))))
+
+
+def set_bounds(
+    values: Iterable[float], review_k: float = REVIEW_K, defect_k: float = DEFECT_K
+) -> tuple[float, float, float]:
+    """(c, t_r, t_d) of the module doc for the finite `values` (at least 3)."""
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size < MIN_UNLABELED:
+        raise CalibrationError(
+            f"need at least {MIN_UNLABELED} images for an unsupervised threshold, got {x.size}"
+        )
+    if not 0 < review_k <= defect_k:
+        raise CalibrationError(f"need 0 < review k ≤ defect k, got {review_k} and {defect_k}")
+    c = half_sample_mode(x)
+    spread = left_spread(x, c)
+    return c, c + review_k * spread, c + defect_k * spread
