@@ -1,12 +1,21 @@
 """Heat-map overlays of anomaly maps on their images (no plotting dependency).
 
-**Fixed scale.** An overlay colours a map value m by v = clip((m − lo)/(hi − lo), 0, 1) with
-[lo, hi] = :data:`FIXED_SCALE` = [0, 1] unless the caller passes another fixed range: the
-maps are anomaly probabilities, so 0 is dark blue, 0.5 green, 1 dark red on every image of
-every run (no per-image min-max stretch, which would paint the hottest pixel of a clean
-image as red as a real defect). The colour is blended in with opacity ``alpha``·v, as in
-``report.html`` (:mod:`anoclip.results.report`), so the product stays visible where the map is low.
-PNG overlays carry their scale as text chunks (:func:`png_info`).
+**A scale anchored to the calibration.** An overlay colours a map value m by
+v = clip((m − lo)/(hi − lo), 0, 1), the same [lo, hi] for every image of a run, from its
+threshold (:func:`calibrated_scale`):
+
+    Δ = t_px_r − t_px_typ          t_px_typ: a normal image's typical map maximum
+    lo = t_px_typ − Δ,  hi = t_px_typ + 3Δ
+
+so the typical normal maximum sits at v = 1/4 (faint), the pixel review bound t_px_r at
+v = 1/2 (green, mid-bar) and, for the unlabeled rule (t_px_d = t_px_typ + 2Δ), the defect
+bound at v = 3/4. Normal variation stays nearly transparent, and a defect past the bounds
+is yellow to red, on any backbone (visual-only maps span 0.06–0.29, CLIP maps
+0–1). No per-image min-max stretch, which would paint the hottest pixel of a clean image as
+red as a real defect. Without a calibrated pixel bound the scale is :data:`FIXED_SCALE`
+= [0, 1] (the maps are anomaly probabilities). The colour is blended in with opacity
+``alpha``·v, as in ``report.html`` (:mod:`anoclip.results.report`), so the product stays
+visible where the map is low. PNG overlays carry their scale as text chunks (:func:`png_info`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,17 @@ _JET = np.array(
         [1.00, 0.5, 0.0, 0.0],
     ]
 )
+
+
+def calibrated_scale(threshold: object) -> tuple[float, float]:
+    """[lo, hi] of the module doc from a threshold's pixel bounds; :data:`FIXED_SCALE`
+    when it has no review bound and typical maximum (a v1 file, a float, None)."""
+    typical = getattr(threshold, "pixel_typical", None)
+    review = getattr(threshold, "pixel_review", None)
+    if typical is None or review is None or review <= typical:
+        return FIXED_SCALE
+    delta = review - typical
+    return float(typical - delta), float(typical + 3.0 * delta)
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -62,7 +82,7 @@ def overlay(
     vmin: float | None = FIXED_SCALE[0],
     vmax: float | None = FIXED_SCALE[1],
 ) -> Image.Image:
-    """rgb·(1 − a) + jet(v)·a with a = alpha·v, v the map on the fixed scale [vmin, vmax].
+    """rgb·(1 − a) + jet(v)·a with a = alpha·v, v the map on the run's scale [vmin, vmax].
 
     The image is resized to the map's size `[H, W]` if they differ.
     """

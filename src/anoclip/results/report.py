@@ -54,7 +54,7 @@ from anoclip.data.images import load_rgb
 from anoclip.decide.calibrate import Counts, confusion
 from anoclip.errors import ImageDecodeError, ReportError
 from anoclip.results.overlays import colorize
-from anoclip.threshold import Threshold
+from anoclip.threshold import Threshold, defect_mask
 
 REPORT = "report.html"
 MASKS = "masks"
@@ -637,10 +637,12 @@ def write_mask(
     out_dir: str | os.PathLike,
     name: str,
     anomaly_map: MapInput,
-    pixel_threshold: float,
+    threshold: Threshold,
+    decision: str | None,
     size: tuple[int, int] | None = None,
 ) -> Path:
-    """Write OUT/masks/NAME.png: 255 where map > t_px, else 0 (8-bit, the image's size).
+    """Write OUT/masks/NAME.png: 255 inside :func:`anoclip.threshold.defect_mask` (the pixel
+    review bound for a flagged image, never empty; the defect bound for an ok one), 8-bit.
 
     size = (width, height) of the image when the map is not at the image's size; the map
     is then resized bilinearly before thresholding.
@@ -652,6 +654,7 @@ def write_mask(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     tmp = folder / f".{name}.png.tmp"
-    Image.fromarray(((values > pixel_threshold) * 255).astype(np.uint8)).save(tmp, format="PNG")
+    mask = defect_mask(values, decision, threshold)  # type: ignore[arg-type]
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path

@@ -3,16 +3,19 @@
     OUT/scores.csv      one row per finished image (the commit log):
                         source,name,score,width,height,decision,score/threshold,
                         threshold_method — `name` is the file name of its maps, width ×
-                        height the image's own size, decision "ok" / "defect" (score > t),
-                        score/threshold the ratio (> 1 means defect), threshold_method
+                        height the image's own size, decision "ok" / "review" / "defect"
+                        (:mod:`anoclip.threshold`), score/threshold the ratio score / t_d
+                        (> 1 means defect), threshold_method
                         "normal" (known-good images) or "unsupervised"
     OUT/errors.csv      source,reason       inputs that could not be decoded
-    OUT/maps/NAME.npy   float32 [h, w]      raw anomaly map (the image's size, or smaller
-                        when its longest side exceeds --max-map-side)
-    OUT/maps/NAME.png   heat-map overlay on the FIXED scale [0, 1] (anomaly probability,
-                        :data:`anoclip.results.overlays.FIXED_SCALE`; the PNG's text chunks say so)
-    OUT/masks/NAME.png  binary defect mask, 255 where map > pixel threshold, at the
-                        image's size (when the threshold has a pixel level)
+    OUT/maps/NAME.npy   [h, w] raw anomaly map, float16 (float32 with map_dtype="float32"),
+                        the image's size or smaller when its longest side exceeds
+                        --max-map-side
+    OUT/maps/NAME.png   heat-map overlay at the map's size, on the run's scale anchored to
+                        its threshold (:func:`anoclip.results.overlays.calibrated_scale`; the
+                        PNG's text chunks say which)
+    OUT/masks/NAME.png  binary defect mask at the image's size (when the threshold has a
+                        pixel level): :func:`anoclip.threshold.defect_mask`
     OUT/threshold.json  the threshold every decision comes from (:class:`Threshold`)
     OUT/report.html     the page a person reviews (:mod:`anoclip.results.report`)
     OUT/run.json        what produced the folder (fingerprint, model, weights, settings)
@@ -22,14 +25,15 @@ every image, so an interrupted run keeps everything it finished and `--resume` s
 Earlier results are never truncated unless the writer is told to overwrite them.
 
 Decisions. With a threshold known before scoring (from known-good images, a threshold
-file, or a resumed folder's own calibrated threshold) every row and mask is written as
-its image finishes. The unsupervised rule (median + 3.5·1.4826·MAD of the set's scores)
-is only known once every image is scored: rows are written with empty decision cells and
+file, or a resumed folder's own calibrated threshold) every row, overlay and mask is
+written as its image finishes. The unsupervised rule (:mod:`anoclip.decide.unlabeled`) is
+only known once every image is scored: rows are written with empty decision cells and
 :meth:`ResultWriter.finalize` computes the threshold over ALL rows (a resumed run's earlier
-rows too), rewrites scores.csv atomically with the cells filled, and writes threshold.json
-and the masks. Invariant: every decision in scores.csv and every mask comes from the
-threshold in threshold.json — a resumed run first re-decides (known threshold) or clears
-(unsupervised) the earlier rows, and removes their masks until it rewrites them.
+rows too), rewrites scores.csv atomically with the cells filled, and writes threshold.json,
+the overlays and the masks. Invariant: every decision in scores.csv, every overlay's scale
+and every mask comes from the threshold in threshold.json — a resumed run first re-decides
+(known threshold) or clears (unsupervised) the earlier rows, removes their masks, and
+redraws their overlays and masks at the end.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from anoclip.decide.unlabeled import MIN_UNLABELED
 from anoclip.errors import AnoclipWarning, ResultFolderError
 from anoclip.records import Failure, Prediction
 from anoclip.results import report
-from anoclip.results.overlays import FIXED_SCALE, overlay, png_info
+from anoclip.results.overlays import calibrated_scale, overlay, png_info
 from anoclip.threshold import Threshold, decide, ratio
 
 SCORES = "scores.csv"
@@ -72,8 +76,10 @@ Row = dict[str, str]
 class ResultWriter:
     """Writes predictions and failures under `out_dir` as they arrive.
 
-    threshold: the decision rule when known before scoring (rows, masks and threshold.json
-    are then written as images finish); None: decided by :meth:`finalize` at the end.
+    threshold: the decision rule when known before scoring (rows, overlays, masks and
+    threshold.json are then written as images finish); None: decided by :meth:`finalize`.
+    map_dtype: how OUT/maps/NAME.npy is stored ("float16": half the bytes, a step of
+    ≤ 2.4e-4 for a map in [0, 0.5] and ≤ 4.9e-4 up to 1; "float32" keeps the map exactly).
     """
 
     def __init__(
@@ -83,8 +89,10 @@ class ResultWriter:
         overlays: bool = True,
         overwrite: bool = False,
         threshold: Threshold | None = None,
+        map_dtype: str = "float16",
     ) -> None:
         self.out = Path(out_dir)
+        self.map_dtype = np.dtype(map_dtype)
         self.maps = self.out / "maps"
         scores = self.out / SCORES
         check_folder(self.out, resume, overwrite)
@@ -104,7 +112,7 @@ class ResultWriter:
         self._scores = _CsvLog(scores, SCORE_COLUMNS, mode)
         self._errors = _CsvLog(self.out / ERRORS, ("source", "reason"), mode)
         self.num_errors = 0
-        self.masked: set[str] = set()  # names whose mask this run wrote with `threshold`
+        self.drawn: set[str] = set()  # names whose overlay and mask this run drew
         self._pool = ThreadPoolExecutor(max_workers=1)  # encodes PNGs while the model runs
         self._pending: list[tuple[Future, str]] = []
 
@@ -151,9 +159,9 @@ class ResultWriter:
                 threshold.to_json(self.out / THRESHOLD)
         rows = decide_rows(rows, threshold)
         write_rows(self.out / SCORES, rows)
-        if threshold is not None and threshold.pixel_threshold is not None:
-            todo = [r for r in rows if r["name"] not in self.masked]
-            write_masks(self.out, todo, threshold.pixel_threshold)
+        if threshold is not None:
+            todo = [r for r in rows if r["name"] not in self.drawn]
+            draw_rows(self.out, todo, threshold, self.overlays)
         return threshold, rows
 
     def __enter__(self) -> ResultWriter:
@@ -163,19 +171,14 @@ class ResultWriter:
         self.close()
 
     def _write(self, pred: Prediction, name: str, image_source: object) -> Prediction:
-        buf = _npy_bytes(pred.anomaly_map)
+        buf = _npy_bytes(pred.anomaly_map, self.map_dtype)
         atomic_write(self.maps / f"{name}.npy", buf)
-        if self.overlays:
-            img = overlay(load_rgb(image_source), pred.anomaly_map, vmin=FIXED_SCALE[0],
-                          vmax=FIXED_SCALE[1])  # fmt: skip
-            tmp = self.maps / f".{name}.png.tmp"
-            img.save(tmp, format="PNG", compress_level=1, pnginfo=png_info(*FIXED_SCALE))
-            os.replace(tmp, self.maps / f"{name}.png")
         t = self.threshold
-        if t is not None and t.pixel_threshold is not None:
+        if t is not None:  # else drawn by finalize, once the threshold is known
             height, width = pred.image_size or pred.anomaly_map.shape
-            report.write_mask(self.out, name, pred.anomaly_map, t.pixel_threshold, (width, height))
-            self.masked.add(name)
+            draw(self.out, name, pred.anomaly_map, image_source, t, decide(pred.score, t),
+                 (width, height), self.overlays)  # fmt: skip
+            self.drawn.add(name)
         return pred
 
     def _drain(self, block: bool) -> None:
@@ -226,8 +229,9 @@ def decide_rows(rows: Iterable[Row], threshold: Threshold | None) -> list[Row]:
 def unsupervised_threshold(
     rows: Sequence[Row], maps: Path, settings_id: Mapping[str, Any] | None = None
 ) -> Threshold | None:
-    """median + 3.5·1.4826·MAD over the rows' scores, and over their maps' maxima for the
-    pixel level (maps read one at a time); None, with a warning, for fewer than 3 rows."""
+    """The unlabeled-set bounds (:mod:`anoclip.decide.unlabeled`) over the rows' scores, and
+    over their maps' maxima for the pixel level (maps read one at a time); None, with a
+    warning, for fewer than 3 rows."""
     if len(rows) < MIN_UNLABELED:
         warnings.warn(
             f"{len(rows)} image(s) are too few for an unsupervised threshold (need "
@@ -243,13 +247,37 @@ def unsupervised_threshold(
     )
 
 
-def write_masks(out: Path, rows: Iterable[Row], pixel_threshold: float) -> None:
-    """OUT/masks/NAME.png for each row from its OUT/maps/NAME.npy, at the image's size."""
+def draw(
+    out: Path,
+    name: str,
+    anomaly_map: np.ndarray | Path,
+    image_source: object,
+    threshold: Threshold,
+    decision: str | None,
+    size: tuple[int, int],
+    overlays: bool = True,
+) -> None:
+    """OUT/maps/NAME.png (the overlay on the threshold's scale; skipped when the image is
+    gone) and OUT/masks/NAME.png (with a pixel bound), size = the image's (width, height)."""
+    values = report.load_map(anomaly_map)
+    if overlays and (not isinstance(image_source, (str, Path)) or Path(image_source).is_file()):
+        lo, hi = calibrated_scale(threshold)
+        img = overlay(load_rgb(image_source), values, vmin=lo, vmax=hi)
+        tmp = out / "maps" / f".{name}.png.tmp"
+        img.save(tmp, format="PNG", compress_level=6, pnginfo=png_info(lo, hi))
+        os.replace(tmp, out / "maps" / f"{name}.png")
+    if threshold.pixel_threshold is not None:
+        report.write_mask(out, name, values, threshold, decision, size)
+
+
+def draw_rows(out: Path, rows: Iterable[Row], threshold: Threshold, overlays: bool) -> None:
+    """:func:`draw` for each row from its OUT/maps/NAME.npy (one file at a time)."""
     for row in rows:
         source = out / "maps" / f"{row['name']}.npy"
         if source.is_file():
             size = (int(row["width"]), int(row["height"]))
-            report.write_mask(out, row["name"], source, pixel_threshold, size)
+            draw(out, row["name"], source, row["source"], threshold, row.get("decision") or None,
+                 size, overlays)  # fmt: skip
 
 
 def remove_masks(out: Path) -> None:
@@ -344,9 +372,9 @@ def read_finished(path: Path) -> set[str]:
     return {row["source"] for row in read_rows(path)}
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def _npy_bytes(arr: np.ndarray, dtype: np.dtype | type = np.float32) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr, dtype=np.float32))
+    np.save(buf, np.ascontiguousarray(arr, dtype=dtype))
     return buf.getvalue()
 
 
