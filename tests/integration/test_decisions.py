@@ -72,13 +72,18 @@ def test_normal_run_writes_decisions_masks_threshold_and_report(normal_run, imag
                                                      "threshold_method"]  # fmt: skip
     for row in rows:
         score = float(row["score"])
-        assert row["decision"] == ("defect" if score > t.image_threshold else "ok")
+        review = t.review_threshold is not None and score > t.review_threshold
+        assert row["decision"] == ("defect" if score > t.image_threshold else
+                                   "review" if review else "ok")  # fmt: skip
         assert float(row["score/threshold"]) == pytest.approx(score / t.image_threshold, 1e-5)
         assert row["threshold_method"] == "normal"
         mask = np.asarray(Image.open(out / "masks" / f"{row['name']}.png"))
         values = np.load(out / "maps" / f"{row['name']}.npy")
         assert mask.shape == (int(row["height"]), int(row["width"])) == values.shape
-        assert np.array_equal(mask > 0, values > t.pixel_threshold)
+        if row["decision"] == "ok":
+            assert np.array_equal(mask > 0, values > t.pixel_threshold)
+        else:  # a flagged image's mask: the pixel review bound, never empty
+            assert mask.any()
     page = (out / "report.html").read_text()
     assert page.count('class="card ') == 4 and "unsupervised-banner" not in page
     info = json.loads((out / "run.json").read_text())
@@ -87,10 +92,15 @@ def test_normal_run_writes_decisions_masks_threshold_and_report(normal_run, imag
     assert "normal from 4 known-good images" in res.stderr
 
 
-def test_overlays_use_the_fixed_scale(normal_run):
+def test_overlays_use_the_scale_of_the_threshold(normal_run):
+    """lo = t_typ − Δ, hi = t_typ + 3Δ, Δ = t_px_r − t_typ: the review bound mid-bar."""
     out, _ = normal_run
+    t = Threshold.from_json(out / "threshold.json")
     png = Image.open(out / "maps" / f"{rows_of(out)[0]['name']}.png")
-    assert png.text["anoclip:scale"] == "0 1" and png.text["anoclip:colormap"] == "jet"
+    lo, hi = (float(v) for v in png.text["anoclip:scale"].split())
+    assert (lo + hi) / 2 == pytest.approx(t.pixel_review, abs=1e-5)
+    assert lo + (hi - lo) / 4 == pytest.approx(t.pixel_typical, abs=1e-5)
+    assert png.text["anoclip:colormap"] == "jet"
 
 
 def test_threshold_file_reproduces_the_decisions(normal_run, images, tiny_config, tmp_path):

@@ -21,7 +21,7 @@ from tests.report_dom import decode_data_uri, parse
 
 
 def test_template_is_package_data():
-    assert (importlib.resources.files("anoclip") / "templates" / "report.html.j2").is_file()
+    assert (importlib.resources.files("anoclip.results") / "templates" / "report.html.j2").is_file()
 
 
 def test_ranked_highest_first_ties_by_name():
@@ -319,16 +319,20 @@ def test_caller_metrics_table_is_shown_verbatim(tmp_path):
 
 def test_write_mask(tmp_path):
     m = np.array([[0.1, 0.6], [0.5, 0.9]], np.float32)
-    path = report.write_mask(tmp_path, "x", m, 0.5)
+    t = Threshold("normal", 0.5, 0.5, review_threshold=0.4, pixel_review=0.3)
+    path = report.write_mask(tmp_path, "x", m, t, "ok")
     assert path == tmp_path / "masks" / "x.png"
     got = np.asarray(Image.open(path))
-    assert got.dtype == np.uint8 and got.tolist() == [[0, 255], [0, 255]]
+    assert got.dtype == np.uint8 and got.tolist() == [[0, 255], [0, 255]]  # ok: map > t_px_d
+    got = np.asarray(Image.open(report.write_mask(tmp_path, "x", m, t, "review")))
+    assert got.tolist() == [[0, 255], [255, 255]]  # review: map > t_px_r
 
 
 def test_write_mask_at_the_image_size(tmp_path):
     m = np.zeros((4, 4), np.float32)
     m[:, 2:] = 1.0
-    got = np.asarray(Image.open(report.write_mask(tmp_path, "y", m, 0.5, size=(8, 6))))
+    t = Threshold("normal", 0.5, 0.5)
+    got = np.asarray(Image.open(report.write_mask(tmp_path, "y", m, t, "ok", size=(8, 6))))
     assert got.shape == (6, 8)
     assert got[:, 0].max() == 0 and got[:, -1].min() == 255
     assert not math.isnan(got.mean())
