@@ -75,6 +75,7 @@ SETTING_CLASS = {"anoclip": "TF-1IMG", "dual": "PAIR", "mutual": "BATCH"}
 METRIC_LABELS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO")
 SOURCES = ("normal", "unsupervised")  # label-free threshold sources, preferred first
 LF_RATES = (
+    ("image", "escapes"), ("image", "flagged"),
     ("image", "precision"), ("image", "recall"), ("image", "f1"), ("image", "frr"),
     ("pixel", "precision"), ("pixel", "recall"), ("pixel", "f1"),
 )  # fmt: skip
@@ -83,20 +84,32 @@ LF_NAMES = tuple(f"{lvl}_{rate}_{src}" for src in SOURCES for lvl, rate in LF_RA
 
 @dataclass
 class LabelFree:
-    """One label-free threshold of a category and its confusion counts against the labels
-    (pixel None without masks or without a pixel threshold)."""
+    """One label-free threshold of a category and its confusion counts against the labels:
+    image (defect ⟺ score > t_d), flagged (review or defect ⟺ score > t_r; t_d without a
+    review band) and pixel (None without masks or without a pixel threshold).
+
+        escapes = defective images called ok = FN/(TP+FN) of `flagged`
+        flagged = good images called review or defect = FP/(FP+TN) of `flagged`"""
 
     threshold: Threshold
     image: Counts
     pixel: Counts | None = None
+    flagged: Counts | None = None
 
     def rates(self) -> dict[str, float]:
         """{level_rate: value} for LF_RATES (NaN where the level is missing)."""
         out = {}
+        band = self.flagged or self.image
         for level, rate in LF_RATES:
             counts = self.image if level == "image" else self.pixel
-            name = "false_reject_rate" if rate == "frr" else rate
-            out[f"{level}_{rate}"] = math.nan if counts is None else getattr(counts, name)
+            if rate == "escapes":
+                value = 1.0 - band.recall if band.tp + band.fn else math.nan
+            elif rate == "flagged":
+                value = band.false_reject_rate
+            else:
+                name = "false_reject_rate" if rate == "frr" else rate
+                value = math.nan if counts is None else getattr(counts, name)
+            out[f"{level}_{rate}"] = value
         return out
 
 
@@ -295,12 +308,16 @@ def judge(
     maps: Sequence[np.ndarray],
     masks: Sequence[np.ndarray] | None,
 ) -> LabelFree:
-    """Counts of score > t against the labels, and of map > t_px against the masks."""
-    image = image_metrics(np.asarray(labels, bool), scores, threshold)
+    """Counts of score > t_d and of score > t_r against the labels, and of map > t_px
+    against the masks."""
+    y = np.asarray(labels, bool)
+    image = image_metrics(y, scores, threshold)
+    review = threshold.review_threshold
+    flagged = image if review is None else image_metrics(y, scores, review)
     pixel = None
     if masks is not None and threshold.pixel_threshold is not None:
         pixel = pixel_metrics(masks, maps, threshold.pixel_threshold)
-    return LabelFree(threshold, image, pixel)
+    return LabelFree(threshold, image, pixel, flagged)
 
 
 def label_free(
@@ -537,17 +554,18 @@ def _published_table(rows: Sequence[tuple[str, Published]]) -> list[str]:
 
 # ------------------------------------------------------------------ label-free tables, report
 
-LF_LABELS = ("I-t", "I-precision", "I-recall", "I-F1", "I-F1max", "I-FRR",
-             "P-t", "P-precision", "P-recall", "P-F1", "P-F1max")  # fmt: skip
+LF_LABELS = ("I-t", "escapes", "flagged", "I-precision", "I-recall", "I-F1", "I-F1max",
+             "I-FRR", "P-t", "P-precision", "P-recall", "P-F1", "P-F1max")  # fmt: skip
 
 
 def _lf_cells(values: Mapping[str, float], src: str, f1max: tuple[float, float]) -> list[str]:
     """The % cells of one source's rates in LF_LABELS order, F1-max beside each level's F1
     (the threshold cells I-t and P-t left empty for the caller)."""
+    band = [_fmt(values[f"image_{r}_{src}"], 100, 1) for r in ("escapes", "flagged")]
     pct = [_fmt(values[f"image_{r}_{src}"], 100, 1) for r in ("precision", "recall", "f1")]
     pix = [_fmt(values[f"pixel_{r}_{src}"], 100, 1) for r in ("precision", "recall", "f1")]
     frr = _fmt(values[f"image_frr_{src}"], 100, 1)
-    return ["", *pct, _fmt(f1max[0], 100, 1), frr, "", *pix, _fmt(f1max[1], 100, 1)]
+    return ["", *band, *pct, _fmt(f1max[0], 100, 1), frr, "", *pix, _fmt(f1max[1], 100, 1)]
 
 
 def label_free_markdown(results: Sequence[CategoryResult], opts: EvalOptions) -> list[str]:
@@ -559,9 +577,12 @@ def label_free_markdown(results: Sequence[CategoryResult], opts: EvalOptions) ->
         "",
         f"- **normal**: image and pixel thresholds from the known-good images of "
         f"`CAT/train/good`, scored like the test images, at a target false-reject rate of "
-        f"{opts.false_reject:g} (90 % confidence); defect ⟺ score > I-t, pixel ⟺ map > P-t.",
-        "- **unsupervised**: median + 3.5·1.4826·MAD of the test set's own scores (and map "
-        "maxima); it assumes defects are a minority, which MVTec AD test sets are not.",
+        f"{opts.false_reject:g} (90 % confidence); defect ⟺ score > I-t, pixel ⟺ map > P-t; "
+        "the review bound is an order statistic of the normal scores.",
+        "- **unsupervised**: the test set's own scores (and map maxima): half-sample mode c "
+        "and the spread σ_L below it; review above c + 2σ_L, defect above I-t = c + 4σ_L.",
+        "- escapes: defective images called ok; flagged: good images called review or defect "
+        "(the decisions a person sees); precision / recall / F1 / FRR: of defect ⟺ score > I-t.",
         "- I-F1max / P-F1max: the best F1 over all thresholds, chosen with the labels (an "
         "upper bound, not a usable threshold). I-FRR: good test images called defect.",
         "",
