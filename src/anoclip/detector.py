@@ -1,8 +1,11 @@
 """The public facade: :class:`Detector` scores images of one object, zero-shot.
 
-    load the model -> Pipeline.iter_scored (load -> encode -> score each image alone, or
-    the set together) -> Prediction (map resized to the image `[H, W]`) -> decision
+    load the model -> Pipeline.iter_scored (load -> one scorer -> score_batches: each image
+    alone, or the set together) -> Prediction (map resized to the image `[H, W]`) -> decision
     (with a threshold: "defect" ⟺ score > t, :mod:`anoclip.decide.decisions`)
+
+    Pipeline (the data path) <- KnownGood (calibrate, fingerprint, build_bank, load_bank)
+        <- Detector (load the model, predict, iter_predict)
 
 :meth:`Detector.calibrate` scores known-good images exactly as test images will be scored
 and returns a :class:`~anoclip.decide.calibrate.Threshold`; ``predict(..., threshold=t)`` fills
@@ -13,6 +16,7 @@ applies the label-free outlier rule to the predicted set itself.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +32,7 @@ from anoclip.errors import ImageDecodeError, UsageError
 from anoclip.pipeline import Pipeline
 from anoclip.records import Failure, Prediction
 from anoclip.references.bank import NormalBank
+from anoclip.references.patch_scorer import bank_from
 from anoclip.settings import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -35,7 +40,9 @@ from anoclip.settings import (
     Runtime,
     Settings,
     apply,
+    fingerprint,
     ref_count,
+    tta_kind,
 )
 from anoclip.threshold import Threshold
 
@@ -43,7 +50,92 @@ ThresholdArg = Threshold | float | Literal["unsupervised"] | None
 __all__ = ["Detector", "capped", "decide_all"]
 
 
-class Detector(Pipeline):
+class KnownGood(Pipeline):
+    """The pipeline plus what known-good images give it: decision thresholds calibrated on
+    them (with the fingerprint a threshold records) and banks of their patch features."""
+
+    def fingerprint(
+        self,
+        object_name: str,
+        tta: bool | str = True,
+        mode: Mode = "anoclip",
+        refs: int | str | None = None,
+    ) -> dict[str, Any]:
+        """What determines this detector's scores for `object_name` (recorded in thresholds):
+        settings, model, weights (files by absolute path), seed, object, mode, refs, TTA."""
+        bb = self.backbone
+        weights = Path(bb.pretrained)
+        pretrained = str(weights.resolve()) if weights.is_file() else bb.pretrained
+        return fingerprint(
+            self.settings, model=bb.name, pretrained=pretrained, seed=self.seed,
+            object=object_name, mode=mode, refs=refs, tta=tta_kind(tta),
+        )  # fmt: skip
+
+    def calibrate(
+        self,
+        normals: ImageInput | Sequence[ImageInput],
+        object_name: str,
+        false_reject: float = DEFAULT_FALSE_REJECT,
+        tta: bool | str = True,
+        *,
+        mode: Mode = "anoclip",
+        refs: int | str | None = None,
+        confidence: float = DEFAULT_CONFIDENCE,
+        pixel_quantile: float = 1.0,
+        settings_id: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        bank: NormalBank | None = None,
+        normals_are_bank: bool = False,
+    ) -> Threshold:
+        """Decision thresholds from known-good images (METHOD.md P8; images or a folder),
+        scored exactly as test images will be (settings, seed, TTA, `mode`, `refs`). In a
+        set mode they form their own set, each scored against the others (leave-one-out),
+        so the threshold does not depend on the test set and can be reused. α =
+        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decide.decisions`.
+
+        With a `bank` the known-good images must not be bank images (their distance would be
+        0), unless `normals_are_bank`: the bank was built from these very images, in this
+        order (:meth:`build_bank`), and each is scored against the bank without itself
+        (`NormalBank.leave_out`; mode "anoclip" only)."""
+        items = normal_items(normals)
+        check_calibration(len(items), false_reject, confidence)
+        leave_one_out = ref_count(mode, refs) != 0
+        ident = settings_id or self.fingerprint(object_name, tta, mode, refs)
+        if normals_are_bank:
+            if bank is None or leave_one_out or bank.num_images != len(items):
+                raise UsageError(
+                    "normals_are_bank needs mode='anoclip' and the bank built from the normals"
+                )
+            leave_one_out = True
+            stream = (
+                scored
+                for i, item in enumerate(items)
+                for scored in self.iter_scored([item], object_name, tta, bank=bank.leave_out(i))
+            )
+        else:
+            stream = self.iter_scored(items, object_name, tta, mode=mode, refs=refs,
+                                      progress=progress, bank=bank)  # fmt: skip
+        return threshold_from(
+            stream, false_reject=false_reject, confidence=confidence,
+            pixel_quantile=pixel_quantile, leave_one_out=leave_one_out, settings=ident,
+        )  # fmt: skip
+
+    def build_bank(
+        self, normals: ImageInput | Sequence[ImageInput], object_name: str
+    ) -> NormalBank:
+        """A bank of the patch features of known-good images (images or a folder; raises
+        ImageDecodeError naming an unreadable one)."""
+        items = normal_items(normals)
+        if not items:
+            raise UsageError("a bank needs at least one known-good image")
+        return bank_from(self.visual, self.prepared(items, range(len(items))), object_name)
+
+    def load_bank(self, path: str | Path, object_name: str) -> NormalBank:
+        """A saved bank, refused (BankError, one line) unless built with these settings."""
+        return NormalBank.load(path, expect=self.visual.bank_meta(object_name))
+
+
+class Detector(KnownGood):
     """Zero-shot anomaly detector (AnoCLIP, METHOD.md §2; Dual-Image modes, §3).
 
     Args:
@@ -138,52 +230,3 @@ class Detector(Pipeline):
             full = resize_map(item.map, size).clamp(0.0, 1.0).numpy().astype(np.float32)
             pred = Prediction(item.sample.source, item.score, full, item.mode, item.sample.size)
             yield pred if threshold is None else pred.decided(threshold)
-
-    def calibrate(
-        self,
-        normals: ImageInput | Sequence[ImageInput],
-        object_name: str,
-        false_reject: float = DEFAULT_FALSE_REJECT,
-        tta: bool | str = True,
-        *,
-        mode: Mode = "anoclip",
-        refs: int | str | None = None,
-        confidence: float = DEFAULT_CONFIDENCE,
-        pixel_quantile: float = 1.0,
-        settings_id: Mapping[str, Any] | None = None,
-        progress: bool = False,
-        bank: NormalBank | None = None,
-        normals_are_bank: bool = False,
-    ) -> Threshold:
-        """Decision thresholds from known-good images (METHOD.md P8; images or a folder),
-        scored exactly as test images will be (settings, seed, TTA, `mode`, `refs`). In a
-        set mode they form their own set, each scored against the others (leave-one-out),
-        so the threshold does not depend on the test set and can be reused. α =
-        `false_reject`, γ = `confidence`; estimators in :mod:`anoclip.decide.decisions`.
-
-        With a `bank` the known-good images must not be bank images (their distance would be
-        0), unless `normals_are_bank`: the bank was built from these very images, in this
-        order (:meth:`build_bank`), and each is scored against the bank without itself
-        (`NormalBank.leave_out`; mode "anoclip" only)."""
-        items = normal_items(normals)
-        check_calibration(len(items), false_reject, confidence)
-        leave_one_out = ref_count(mode, refs) != 0
-        ident = settings_id or self.fingerprint(object_name, tta, mode, refs)
-        if normals_are_bank:
-            if bank is None or leave_one_out or bank.num_images != len(items):
-                raise UsageError(
-                    "normals_are_bank needs mode='anoclip' and the bank built from the normals"
-                )
-            leave_one_out = True
-            stream = (
-                scored
-                for i, item in enumerate(items)
-                for scored in self.iter_scored([item], object_name, tta, bank=bank.leave_out(i))
-            )
-        else:
-            stream = self.iter_scored(items, object_name, tta, mode=mode, refs=refs,
-                                      progress=progress, bank=bank)  # fmt: skip
-        return threshold_from(
-            stream, false_reject=false_reject, confidence=confidence,
-            pixel_quantile=pixel_quantile, leave_one_out=leave_one_out, settings=ident,
-        )  # fmt: skip

@@ -1,8 +1,15 @@
 """The data path of one loaded model: load -> encode -> score, each step a module.
 
-    inputs -> loading (Sample: tiles `[T, 3, S, S]`) -> text (TextBank, cached per object)
-        -> encode (VVEncoder, CLS views, TTA: Features) -> modes (score_each alone |
-        SetStore + score_set together: Scored, maps at model resolution `[H', W']`)
+    inputs -> loading (Sample: tiles `[T, 3, S, S]`, batches) -> Pipeline.scorer (one
+        :class:`~anoclip.references.scorer.Scorer`) -> score_batches, the one loop:
+        per batch scorer.features -> score_each (alone, as the batch comes) | keep
+        (a set, pixels dropped) -> after the last batch cat -> score_set
+        -> Scored, maps at model resolution `[H', W']` | Failure, in input order
+
+Scorers: the token path (:class:`~anoclip.references.token_scorer.TokenScorer`: text
+(TextBank, cached per object) -> encode (VVEncoder, CLS views, TTA: Features)) and the
+patch scorer (:class:`~anoclip.references.patch_scorer.PatchScorer`: patch features of any
+backbone, banks, the text branch unless fusion="visual").
 
 :class:`Pipeline` holds what the steps need (backbone, encoder, settings, runtime, seed,
 caches) and passes it to them explicitly; :class:`~anoclip.detector.Detector` adds the
@@ -11,9 +18,8 @@ public API on top (maps at the image's size, decisions).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,19 +35,12 @@ from anoclip.clip.text import TextBank, TextCache
 from anoclip.clip.tta import AdamState, TTAOverrides
 from anoclip.data.images import ImageInput
 from anoclip.data.loading import Preparer, as_list, batches
-from anoclip.decide.decisions import normal_items
-from anoclip.errors import AnoclipWarning, BankError, ImageDecodeError, UsageError
 from anoclip.records import Failure, Features, Sample, Scored
-from anoclip.references.bank import NormalBank, differences
-from anoclip.references.patch_scorer import (
-    PatchSet,
-    VisualSource,
-    score_patches,
-    unused_settings,
-    uses_patch_scorer,
-)
-from anoclip.references.token_scorer import ScoringContext, SetStore, score_each, score_set
-from anoclip.settings import Mode, Runtime, Settings, fingerprint, ref_count, tta_kind
+from anoclip.references.bank import NormalBank
+from anoclip.references.patch_scorer import PatchScorer, VisualSource, uses_patch_scorer
+from anoclip.references.scorer import Scorer
+from anoclip.references.token_scorer import ScoringContext, TokenScorer
+from anoclip.settings import Mode, RefCount, Runtime, Settings, ref_count, tta_kind
 
 
 class Pipeline:
@@ -85,22 +84,13 @@ class Pipeline:
         """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
         return self._preparer.prepare(item, index)
 
-    def fingerprint(
-        self,
-        object_name: str,
-        tta: bool | str = True,
-        mode: Mode = "anoclip",
-        refs: int | str | None = None,
-    ) -> dict[str, Any]:
-        """What determines this detector's scores for `object_name` (recorded in thresholds):
-        settings, model, weights (files by absolute path), seed, object, mode, refs, TTA."""
-        bb = self.backbone
-        weights = Path(bb.pretrained)
-        pretrained = str(weights.resolve()) if weights.is_file() else bb.pretrained
-        return fingerprint(
-            self.settings, model=bb.name, pretrained=pretrained, seed=self.seed,
-            object=object_name, mode=mode, refs=refs, tta=tta_kind(tta),
-        )  # fmt: skip
+    def prepared(
+        self, items: Sequence[ImageInput], todo: Sequence[int]
+    ) -> Iterator[list[Sample | Failure]]:
+        """Batches of the prepared `items[i]` for i in `todo`, in order (failures in place)."""
+        rt = self.runtime
+        pin = self.device.type == "cuda"
+        return batches(self._preparer, items, todo, rt.batch_size, rt.workers, pin)
 
     def iter_scored(
         self,
@@ -119,123 +109,32 @@ class Pipeline:
         `skip` are not processed. bank: known-good patch features (:meth:`build_bank`);
         with it, a timm visual backbone or fusion="visual" the patch scorer runs
         (:mod:`anoclip.references.patch_scorer`)."""
-        if uses_patch_scorer(self.settings, bank):
-            yield from self._iter_patch_scored(images, object_name, tta, mode=mode, refs=refs,
-                                               progress=progress, skip=skip, bank=bank)  # fmt: skip
-            return
-        kind, num_refs = tta_kind(tta), ref_count(mode, refs)
+        num_refs = ref_count(mode, refs)
+        scorer = self.scorer(object_name, tta, num_refs, bank)
         items = as_list(images)
         skipped = set(skip)
         todo = [i for i in range(len(items)) if i not in skipped]
-        bank = self.text_bank(object_name)
-        context = ScoringContext(self.settings, self.backbone.image_size, self.seed, num_refs,
+        stream = self.prepared(items, todo)
+        yield from score_batches(
+            scorer, stream, len(todo), together=bool(num_refs), progress=progress, desc=object_name
+        )
+
+    def scorer(
+        self, object_name: str, tta: bool | str, refs: RefCount, bank: NormalBank | None
+    ) -> Scorer:
+        """The scorer for `object_name` with `refs` references per image (0: alone): the patch
+        scorer with a `bank`, a timm visual backbone or fusion="visual", else the token path."""
+        context = ScoringContext(self.settings, self.backbone.image_size, self.seed, refs,
                                  self.device)  # fmt: skip
-        store = SetStore(len(todo)) if num_refs else None
-        pin = self.device.type == "cuda"
-        rt = self.runtime
-        with tqdm(total=len(todo), disable=not progress, unit="img", desc=object_name) as bar:
-            for batch in batches(self._preparer, items, todo, rt.batch_size, rt.workers, pin):
-                samples = [b for b in batch if isinstance(b, Sample)]
-                feats = self.encode(samples, bank, kind, refs=store is not None)
-                if store is None:
-                    scored = score_each(samples, feats, context) if samples else []
-                    yield from _in_order(batch, scored)
-                else:
-                    yield from (b for b in batch if isinstance(b, Failure))
-                    if samples:
-                        store.add(samples, feats)
-                bar.update(len(batch))
-        if store is not None and store.samples:
-            yield from score_set(store.samples, store.features(), context)
-
-    def _iter_patch_scored(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        object_name: str,
-        tta: bool | str,
-        *,
-        mode: Mode,
-        refs: int | str | None,
-        progress: bool,
-        skip: Iterable[int],
-        bank: NormalBank | None,
-    ) -> Iterator[Scored | Failure]:
-        """:meth:`iter_scored` with the patch scorer: the text branch only when fusion is
-        not "visual"; alone (against the bank) batch by batch, a set after all batches."""
-        kind, num_refs = tta_kind(tta), ref_count(mode, refs)
-        if not num_refs and bank is None and self.settings.fusion == "visual":
-            raise UsageError("fusion=visual needs visual references: mode dual/mutual or a bank")
-        unused = unused_settings(self.settings, num_refs)
-        if unused:
-            warnings.warn(
-                f"{', '.join(unused)}: not used by the patch scorer (it picks references by "
-                "global feature and skips near-duplicates; see duplicate_threshold)",
-                AnoclipWarning,
-                stacklevel=3,
+        if not uses_patch_scorer(self.settings, bank):
+            encode = partial(
+                self.encode, bank=self.text_bank(object_name), tta=tta, refs=bool(refs)
             )
-        if bank is not None:
-            self.check_bank(bank, object_name)
-        items = as_list(images)
-        skipped = set(skip)
-        todo = [i for i in range(len(items)) if i not in skipped]
-        text_bank = None if self.settings.fusion == "visual" else self.text_bank(object_name)
-        context = ScoringContext(self.settings, self.backbone.image_size, self.seed, num_refs,
-                                 self.device)  # fmt: skip
-        kept: list[Sample] = []
-        texts: list[Features] = []
-        patches: list[PatchSet] = []
-        rt = self.runtime
-        pin = self.device.type == "cuda"
-        with tqdm(total=len(todo), disable=not progress, unit="img", desc=object_name) as bar:
-            for batch in batches(self._preparer, items, todo, rt.batch_size, rt.workers, pin):
-                samples = [b for b in batch if isinstance(b, Sample)]
-                text = self.encode(samples, text_bank, kind) if text_bank else None
-                found = self.visual.patch_set(samples) if samples else None
-                if not num_refs:
-                    scored = score_patches(samples, found, text, context, bank) if found else []
-                    yield from _in_order(batch, scored)
-                else:
-                    yield from (b for b in batch if isinstance(b, Failure))
-                    for smp in samples:  # the pixels are no longer needed
-                        smp.tiles, smp.visual = smp.tiles[:0], None
-                    if found is not None:
-                        kept += samples
-                        patches.append(found)
-                        if text is not None:
-                            texts.append(_cpu(text))
-                bar.update(len(batch))
-        if kept:
-            text_all = Features.cat(texts) if texts else None
-            yield from score_patches(kept, PatchSet.cat(patches), text_all, context, bank)
-
-    def build_bank(
-        self, normals: ImageInput | Sequence[ImageInput], object_name: str
-    ) -> NormalBank:
-        """A bank of the patch features of known-good images (images or a folder; raises
-        ImageDecodeError naming an unreadable one)."""
-        items = normal_items(normals)
-        if not items:
-            raise UsageError("a bank needs at least one known-good image")
-        parts: list[PatchSet] = []
-        for batch in batches(self._preparer, items, range(len(items)), self.runtime.batch_size,
-                             self.runtime.workers):  # fmt: skip
-            for b in batch:
-                if isinstance(b, Failure):
-                    raise ImageDecodeError(f"bank image {b.source}: {b.reason}")
-            parts.append(self.visual.patch_set(batch))  # type: ignore[arg-type]
-        return NormalBank.build(PatchSet.cat(parts).feats, self.visual.bank_meta(object_name))
-
-    def load_bank(self, path: str | Path, object_name: str) -> NormalBank:
-        """A saved bank, refused (BankError, one line) unless built with these settings."""
-        return NormalBank.load(path, expect=self.visual.bank_meta(object_name))
-
-    def check_bank(self, bank: NormalBank, object_name: str) -> None:
-        """Refuse a bank built with other settings (BankError naming the fields)."""
-        diff = differences(bank.meta, self.visual.bank_meta(object_name))
-        if diff:
-            raise BankError(
-                f"the bank was built with other settings (bank vs now): {'; '.join(diff)}"
-            )
+            return TokenScorer(encode, context)
+        text = None  # fusion="visual": the visual map and score alone
+        if self.settings.fusion != "visual":
+            text = partial(self.encode, bank=self.text_bank(object_name), tta=tta)
+        return PatchScorer(self.visual, context, object_name, bank, text)
 
     def encode(
         self,
@@ -260,9 +159,41 @@ class Pipeline:
         )  # fmt: skip
 
 
-def _cpu(f: Features) -> Features:
-    """Text-branch features kept for a set (on the CPU, no visual tokens)."""
-    return Features(f.text_cos.cpu(), f.cls_cos.cpu(), f.cls.cpu(), f.grid)
+def score_batches(
+    scorer: Scorer,
+    stream: Iterable[Sequence[Sample | Failure]],
+    total: int,
+    *,
+    together: bool,
+    progress: bool = False,
+    desc: str | None = None,
+) -> Iterator[Scored | Failure]:
+    """The scoring loop: each batch's features (:meth:`Scorer.features`) scored alone as it
+    comes, its failures in their places; or, `together`, kept (pixels dropped) until all
+    `total` images are read, failures yielded as they come, then the set scored at once."""
+    kept: list[Sample] = []
+    parts: list[Any] = []
+    with tqdm(total=total, disable=not progress, unit="img", desc=desc) as bar:
+        for batch in stream:
+            samples = [b for b in batch if isinstance(b, Sample)]
+            if not together:
+                scored = scorer.score_each(samples, scorer.features(samples)) if samples else []
+                yield from _in_order(batch, scored)
+            else:
+                yield from (b for b in batch if isinstance(b, Failure))
+                if samples:
+                    parts.append(scorer.keep(samples, scorer.features(samples), total))
+                    kept += _without_pixels(samples)
+            bar.update(len(batch))
+    if kept:
+        yield from scorer.score_set(kept, scorer.cat(parts))
+
+
+def _without_pixels(samples: list[Sample]) -> list[Sample]:
+    """The samples, their tiles and visual input dropped (a kept set needs no pixels)."""
+    for smp in samples:
+        smp.tiles, smp.visual = smp.tiles[:0], None
+    return samples
 
 
 def _in_order(batch: Sequence[Sample | Failure], scored: list[Scored]) -> Iterator:

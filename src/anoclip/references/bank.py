@@ -86,6 +86,13 @@ def differences(found: BankMeta, expected: BankMeta) -> list[str]:
     return out
 
 
+def refuse_other(found: BankMeta, expected: BankMeta, name: str = "the bank") -> None:
+    """Raise :class:`BankError` naming each differing field unless `found` == `expected`."""
+    diff = differences(found, expected)
+    if diff:
+        raise BankError(f"{name} was built with other settings (bank vs now): {'; '.join(diff)}")
+
+
 def ivf_distance(queries: torch.Tensor, index: Any, nprobe: int) -> torch.Tensor:
     """Approximate nearest-neighbour distances `[Q]` from a faiss IVF inner-product index
     (:func:`build_ivf`): the `nprobe` lists nearest to each query are searched exactly."""
@@ -233,11 +240,7 @@ class NormalBank:
             raise BankError(f"{p} is not an anoclip bank ({FORMAT})")
         meta = BankMeta.from_json(payload["meta"])
         if expect is not None:
-            diff = differences(meta, expect)
-            if diff:
-                raise BankError(
-                    f"bank {p} was built with other settings (bank vs now): {'; '.join(diff)}"
-                )
+            refuse_other(meta, expect, f"bank {p}")
         feats = {}
         for name, v in payload["features"].items():
             li, r = name.split("_")

@@ -20,18 +20,20 @@ near-duplicates of the query (layout-descriptor cosine > duplicate_threshold). I
 Maps: bilinear to the image's model resolution `[H', W']`, Gaussian σ = `gaussian_sigma` px;
 the visual image score is the map's maximum, RsCIN-smoothed over the set with `rscin`.
 With `fusion="visual"` map and score are the visual ones alone (no text branch is computed);
-otherwise they are fused with the CLIP text branch exactly as modes.py does.
+otherwise they are fused with the CLIP text branch exactly as token_scorer.py does.
 
 The search is exact and chunked (references.nn_distances, bank.nearest_distance), so memory
 holds one similarity block at a time. The patch scorer runs whenever the visual backbone is
-not "clip", fusion is "visual" or a bank is given; otherwise modes.py's V-V token path runs
-unchanged (the golden and parity numbers).
+not "clip", fusion is "visual" or a bank is given; otherwise token_scorer.py's V-V token path
+runs unchanged (the golden and parity numbers). :class:`PatchScorer` is this scorer for the
+scoring loop (:mod:`anoclip.references.scorer`): a batch's :class:`PatchFeatures` are its
+:class:`PatchSet` and, unless fusion is "visual", its text-branch features.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,9 @@ from anoclip.clip.backbone import Backbone
 from anoclip.clip.encoder import VVEncoder
 from anoclip.clip.scoring import gaussian_blur, image_scores, tile_maps
 from anoclip.data.preprocess import VisualPreprocess, stitch
-from anoclip.errors import AnoclipWarning, UsageError
-from anoclip.records import Features, Sample, Scored
-from anoclip.references.bank import BankMeta, NormalBank, combine
+from anoclip.errors import AnoclipWarning, ImageDecodeError, UsageError
+from anoclip.records import Failure, Features, Sample, Scored
+from anoclip.references.bank import BankMeta, NormalBank, combine, refuse_other
 from anoclip.references.fusion import fuse_maps, fuse_scores, moments
 from anoclip.references.neighbours import duplicate_mask, nearest_references, rscin
 from anoclip.references.patches import (
@@ -58,12 +60,12 @@ from anoclip.references.patches import (
     upsample,
 )
 from anoclip.references.timm_backbone import VisualBackbone, load_visual_backbone
-from anoclip.references.token_scorer import ScoringContext, score_each
+from anoclip.references.token_scorer import ScoringContext, kept, score_each
 from anoclip.settings import CLIP_VISUAL, RefCount, Settings
 
 
 def uses_patch_scorer(settings: Settings, bank: NormalBank | None = None) -> bool:
-    """Whether the patch scorer runs (else modes.py's V-V token path, unchanged)."""
+    """Whether the patch scorer runs (else token_scorer.py's V-V token path, unchanged)."""
     return settings.patch_scorer or bank is not None
 
 
@@ -194,6 +196,82 @@ class VisualSource:
             name = f"clip:{bb.name}"
         return BankMeta(name, tuple(layers), tuple(s.patch_radii), self.grid(), finger,
                         s.layer_fusion)  # fmt: skip
+
+
+def bank_from(
+    visual: VisualSource, batches: Iterable[Sequence[Sample | Failure]], object_name: str
+) -> NormalBank:
+    """A bank of the patch features of known-good images, batch by batch (raises
+    ImageDecodeError naming an unreadable one)."""
+    parts: list[PatchSet] = []
+    for batch in batches:
+        for b in batch:
+            if isinstance(b, Failure):
+                raise ImageDecodeError(f"bank image {b.source}: {b.reason}")
+        parts.append(visual.patch_set(batch))  # type: ignore[arg-type]
+    return NormalBank.build(PatchSet.cat(parts).feats, visual.bank_meta(object_name))
+
+
+@dataclass
+class PatchFeatures:
+    """A batch's features for the patch scorer: its patches, and its text-branch features
+    (None with fusion="visual")."""
+
+    patches: PatchSet
+    text: Features | None
+
+    @staticmethod
+    def cat(parts: Sequence[PatchFeatures]) -> PatchFeatures:
+        """Several batches as one set (images concatenated in order)."""
+        texts = [p.text for p in parts if p.text is not None]
+        patches = PatchSet.cat([p.patches for p in parts])
+        return PatchFeatures(patches, Features.cat(texts) if texts else None)
+
+
+class PatchScorer:
+    """The patch scorer (module doc) for the scoring loop: alone against the `bank`, or a
+    set mutually (with the bank when given). `text` encodes a batch's text branch (None:
+    fusion="visual"). Refuses fusion="visual" without visual references and a bank built
+    with other settings; warns about the token-path settings it does not apply."""
+
+    def __init__(
+        self,
+        visual: VisualSource,
+        context: ScoringContext,
+        object_name: str,
+        bank: NormalBank | None = None,
+        text: Callable[[Sequence[Sample]], Features] | None = None,
+    ) -> None:
+        s, refs = context.settings, context.refs
+        if not refs and bank is None and s.fusion == "visual":
+            raise UsageError("fusion=visual needs visual references: mode dual/mutual or a bank")
+        unused = unused_settings(s, refs)
+        if unused:
+            warnings.warn(
+                f"{', '.join(unused)}: not used by the patch scorer (it picks references by "
+                "global feature and skips near-duplicates; see duplicate_threshold)",
+                AnoclipWarning,
+                stacklevel=4,
+            )
+        if bank is not None:
+            refuse_other(bank.meta, visual.bank_meta(object_name))
+        self.visual, self.context, self.bank, self.text = visual, context, bank, text
+
+    def features(self, samples: Sequence[Sample]) -> PatchFeatures:
+        text = self.text(samples) if self.text is not None else None
+        return PatchFeatures(self.visual.patch_set(samples), text)
+
+    def score_each(self, samples: Sequence[Sample], feats: PatchFeatures) -> list[Scored]:
+        return score_patches(samples, feats.patches, feats.text, self.context, self.bank)
+
+    def keep(self, samples: Sequence[Sample], feats: PatchFeatures, set_size: int) -> PatchFeatures:
+        text = None if feats.text is None else kept(feats.text, set_size, samples)
+        return PatchFeatures(feats.patches, text)
+
+    def cat(self, parts: Sequence[PatchFeatures]) -> PatchFeatures:
+        return PatchFeatures.cat(parts)
+
+    score_set = score_each  # score_patches scores alone or as a set by `context.refs`
 
 
 def patch_scores(

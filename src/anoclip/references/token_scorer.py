@@ -9,17 +9,17 @@ image (score and map at model resolution), in input order:
         2. visual map: nearest-neighbour patch distance to the references, aggregated;
         3. fusion with the text branch at `fusion_temperature` (:mod:`anoclip.references.fusion`).
 
-This module also owns a set's lifecycle: :class:`SetStore` keeps each batch's features
-until the whole set is encoded (on the CPU, pixels dropped, visual tokens in float16 when
-the set would exceed :data:`FLOAT16_ABOVE_BYTES` as float32). Maps are built image by image,
-so memory beyond the stored tokens stays small; batch_z fusion first accumulates its
-statistics over the whole set.
+:class:`TokenScorer` is this path as a :class:`~anoclip.references.scorer.Scorer`: a batch's
+:class:`~anoclip.records.Features` come from the pipeline's encoder; a set keeps them
+(:func:`kept`) on the CPU, visual tokens in float16 when the set would exceed
+:data:`FLOAT16_ABOVE_BYTES` as float32. Maps are built image by image, so memory beyond the
+stored tokens stays small; batch_z fusion first accumulates its statistics over the whole set.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +47,31 @@ class ScoringContext:
     seed: int = 0
     refs: RefCount = "all"
     device: torch.device | None = None
+
+
+class TokenScorer:
+    """The CLIP token path (module doc) for the scoring loop: `encode` gives a batch's
+    features (text branch, with the visual tokens `[T, nR, L, C]` when scoring a set)."""
+
+    def __init__(
+        self, encode: Callable[[Sequence[Sample]], Features], context: ScoringContext
+    ) -> None:
+        self.encode, self.context = encode, context
+
+    def features(self, samples: Sequence[Sample]) -> Features:
+        return self.encode(samples)
+
+    def score_each(self, samples: Sequence[Sample], feats: Features) -> list[Scored]:
+        return score_each(samples, feats, self.context)
+
+    def keep(self, samples: Sequence[Sample], feats: Features, set_size: int) -> Features:
+        return kept(feats, set_size, samples)
+
+    def cat(self, parts: Sequence[Features]) -> Features:
+        return Features.cat(parts)
+
+    def score_set(self, samples: Sequence[Sample], feats: Features) -> list[Scored]:
+        return score_set(samples, feats, self.context)
 
 
 def score_each(
@@ -143,28 +168,14 @@ def visual_scores(features: Features, counts: Sequence[int], context: ScoringCon
     return torch.stack(per_layer).mean(dim=0)
 
 
-class SetStore:
-    """Features of an unlabeled set of `size` images, kept until the set is encoded."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.samples: list[Sample] = []
-        self._parts: list[Features] = []
-
-    def add(self, samples: Sequence[Sample], features: Features) -> None:
-        """Keep a batch: features on the CPU, tokens in their storage dtype, pixels dropped."""
-        for smp in samples:
-            smp.tiles = smp.tiles[:0]  # the pixels are no longer needed
-        tokens = storage_dtype(features.ref_tokens.cpu(), self.size, samples)
-        f = Features(
-            features.text_cos.cpu(), features.cls_cos.cpu(), features.cls.cpu(), features.grid,
-            tokens,
-        )  # fmt: skip
-        self.samples += samples
-        self._parts.append(f)
-
-    def features(self) -> Features:
-        return Features.cat(self._parts)
+def kept(features: Features, set_size: int, samples: Sequence[Sample]) -> Features:
+    """A batch's features as a set of `set_size` images keeps them: on the CPU, the visual
+    tokens (when there are) in their storage dtype."""
+    tokens = features.ref_tokens
+    if tokens is not None:
+        tokens = storage_dtype(tokens.cpu(), set_size, samples)
+    f = features
+    return Features(f.text_cos.cpu(), f.cls_cos.cpu(), f.cls.cpu(), f.grid, tokens)
 
 
 def storage_dtype(tokens: torch.Tensor, n_images: int, samples: Sequence[Sample]) -> torch.Tensor:
