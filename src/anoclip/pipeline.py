@@ -42,6 +42,8 @@ from anoclip.references.scorer import Scorer
 from anoclip.references.token_scorer import ScoringContext, TokenScorer
 from anoclip.settings import Mode, RefCount, Runtime, Settings, ref_count, tta_kind
 
+SET_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
+
 
 class Pipeline:
     """One loaded model and its data path (see the module docstring)."""
@@ -186,7 +188,10 @@ def score_batches(
                     kept += _without_pixels(samples)
             bar.update(len(batch))
     if kept:
-        yield from scorer.score_set(kept, scorer.cat(parts))
+        with tqdm(total=len(kept), disable=not progress, desc=f"{desc or 'set'}: scoring the set",
+                  bar_format=SET_BAR) as bar:  # fmt: skip
+            scored = scorer.score_set(kept, scorer.cat(parts), bar.update)
+        yield from scored
 
 
 def _without_pixels(samples: list[Sample]) -> list[Sample]:

@@ -21,7 +21,7 @@ block holds at most `chunk_elems` floats, and distances wait for later tiles onl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -127,8 +127,10 @@ def nn_distances(
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     device: torch.device | None = None,
     reuse_bytes: int = DEFAULT_REUSE_BYTES,
+    tick: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
-    """Visual anomaly scores `[T, L]` in [0, 1] of every tile against its references.
+    """Visual anomaly scores `[T, L]` in [0, 1] of every tile against its references
+    (`tick(1)` after each tile: progress).
 
     tokens: `[T, L, C]` L2-normalised patch tokens (any float dtype; kept where they are).
     refs: reference tile indices per tile. keep: `[T, L]` bool, the reference patches that
@@ -167,6 +169,8 @@ def nn_distances(
                     )
                     target[:, column[r][i]] = _nearest(back[None], mask)[0]
         out[i] = aggregate(dist, how).cpu()
+        if tick is not None:
+            tick(1)
     return out.clamp_(0.0, 1.0)
 
 

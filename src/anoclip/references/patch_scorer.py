@@ -59,6 +59,7 @@ from anoclip.references.patches import (
     tokens_to_map,
     upsample,
 )
+from anoclip.references.scorer import Tick
 from anoclip.references.timm_backbone import VisualBackbone, load_visual_backbone
 from anoclip.references.token_scorer import ScoringContext, kept, score_each
 from anoclip.settings import CLIP_VISUAL, RefCount, Settings
@@ -271,11 +272,18 @@ class PatchScorer:
     def cat(self, parts: Sequence[PatchFeatures]) -> PatchFeatures:
         return PatchFeatures.cat(parts)
 
-    score_set = score_each  # score_patches scores alone or as a set by `context.refs`
+    def score_set(
+        self, samples: Sequence[Sample], feats: PatchFeatures, tick: Tick | None = None
+    ) -> list[Scored]:
+        return score_patches(samples, feats.patches, feats.text, self.context, self.bank, tick)
 
 
 def patch_scores(
-    patches: PatchSet, refs: RefCount, bank: NormalBank | None, settings: Settings
+    patches: PatchSet,
+    refs: RefCount,
+    bank: NormalBank | None,
+    settings: Settings,
+    tick: Tick | None = None,
 ) -> torch.Tensor:
     """Visual patch scores `[N, L]`: mutual (refs ≠ 0), bank, or both combined."""
     s = settings
@@ -285,7 +293,7 @@ def patch_scores(
         if s.duplicate_threshold < 1:
             exclude = duplicate_mask(patches.layout, s.duplicate_threshold)
         chosen = nearest_references(patches.glob, refs, exclude)
-        mutual = mutual_scores(patches.feats, chosen, s.ref_agg)
+        mutual = mutual_scores(patches.feats, chosen, s.ref_agg, tick=tick)
     if bank is None:
         assert mutual is not None, "no references and no bank"
         return mutual
@@ -318,6 +326,7 @@ def score_patches(
     text: Features | None,
     context: ScoringContext,
     bank: NormalBank | None = None,
+    tick: Tick | None = None,
 ) -> list[Scored]:
     """The samples scored by the patch scorer (module doc), fused with the text branch when
     `text` is given (fusion ≠ "visual"). `context.refs` = 0 scores each image alone against
@@ -339,7 +348,7 @@ def score_patches(
                 "images, or a bank of known-good images"
             )
         return score_each(samples, text, context)
-    vis = patch_scores(patches, refs, bank, s)
+    vis = patch_scores(patches, refs, bank, s, tick)
     vis_maps = [
         gaussian_blur(upsample(vis[i : i + 1], patches.grid, smp.layout.size), s.gaussian_sigma)[0]
         for i, smp in enumerate(samples)

@@ -33,7 +33,7 @@ with IM the interval mean of references.py (mean of the ⌈0.3·|R_i|⌉ smalles
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -187,12 +187,15 @@ def mutual_scores(
     refs: Sequence[torch.Tensor],
     how: str = "interval_mean",
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    tick: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
     """Patch scores `[N, L]`: s = mean over (layer, radius) of the aggregated nearest-neighbour
-    distances to each image's references (`references.nn_distances`, bounded memory)."""
+    distances to each image's references (`references.nn_distances`, bounded memory);
+    `tick` advances by one per image over all feature sets (progress)."""
     total = None
+    step = None if tick is None else (lambda k: tick(k / len(features)))
     for feats in features.values():
-        d = nn_distances(feats, refs, how=how, chunk_elems=chunk_elems)
+        d = nn_distances(feats, refs, how=how, chunk_elems=chunk_elems, tick=step)
         total = d if total is None else total + d
     assert total is not None, "no features"
     return total / len(features)

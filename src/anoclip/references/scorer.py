@@ -16,12 +16,13 @@ A new scorer (another backbone, a streaming memory) implements these five method
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from anoclip.records import Sample, Scored
 
 F = TypeVar("F")
+Tick = Callable[[float], None]  # progress: x more images' worth of work done
 
 
 class Scorer(Protocol[F]):
@@ -43,6 +44,9 @@ class Scorer(Protocol[F]):
         """Kept batches as one set (images concatenated in order)."""
         ...
 
-    def score_set(self, samples: Sequence[Sample], feats: F) -> list[Scored]:
-        """The images as one unlabeled set, each against the others, in order."""
+    def score_set(
+        self, samples: Sequence[Sample], feats: F, tick: Tick | None = None
+    ) -> list[Scored]:
+        """The images as one unlabeled set, each against the others, in order; `tick(x)`
+        reports x more images' worth of the work done (progress with an ETA)."""
         ...

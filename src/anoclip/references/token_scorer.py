@@ -31,6 +31,7 @@ from anoclip.errors import AnoclipWarning
 from anoclip.records import Features, Sample, Scored
 from anoclip.references.distances import nn_distances, reference_sets, text_keep_mask
 from anoclip.references.fusion import RunningMoments, fuse_maps, fuse_scores
+from anoclip.references.scorer import Tick
 from anoclip.settings import RefCount, Settings
 
 # Visual-branch tokens of a whole set above this many bytes (as float32) are kept in float16.
@@ -70,8 +71,10 @@ class TokenScorer:
     def cat(self, parts: Sequence[Features]) -> Features:
         return Features.cat(parts)
 
-    def score_set(self, samples: Sequence[Sample], feats: Features) -> list[Scored]:
-        return score_set(samples, feats, self.context)
+    def score_set(
+        self, samples: Sequence[Sample], feats: Features, tick: Tick | None = None
+    ) -> list[Scored]:
+        return score_set(samples, feats, self.context, tick)
 
 
 def score_each(
@@ -91,7 +94,10 @@ def score_each(
 
 
 def score_set(
-    samples: Sequence[Sample], features: Features, context: ScoringContext
+    samples: Sequence[Sample],
+    features: Features,
+    context: ScoringContext,
+    tick: Tick | None = None,
 ) -> list[Scored]:
     """The images as one unlabeled set: text branch fused with the visual references.
 
@@ -115,7 +121,7 @@ def score_set(
     s = context.settings
     tau = s.fusion_temperature
     counts = [smp.layout.num_tiles for smp in samples]
-    vis = visual_scores(features, counts, context)
+    vis = visual_scores(features, counts, context, tick)
     bounds = torch.tensor([0, *counts]).cumsum(0).tolist()
 
     def maps_of(i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,9 +154,14 @@ def score_set(
     ]
 
 
-def visual_scores(features: Features, counts: Sequence[int], context: ScoringContext):
+def visual_scores(
+    features: Features,
+    counts: Sequence[int],
+    context: ScoringContext,
+    tick: Tick | None = None,
+) -> torch.Tensor:
     """Visual anomaly score per tile and patch `[T, L]` (distances averaged over layers);
-    the text cosines feed the text filter."""
+    the text cosines feed the text filter. `tick` advances by one per image (progress)."""
     s = context.settings
     tokens = features.ref_tokens  # [T, nR, L, C], float16 if large
     groups = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
@@ -161,9 +172,12 @@ def visual_scores(features: Features, counts: Sequence[int], context: ScoringCon
     if s.ref_filter == "text":
         patch_probs = probs_from_cosines(features.text_cos, s.fusion_temperature).mean(dim=1)
         keep = text_keep_mask(patch_probs, s.ref_filter_quantile)
+    layers = tokens.shape[1]
+    per_tile = len(counts) / (layers * tokens.shape[0])  # images per tile and layer
+    step = None if tick is None else (lambda k: tick(k * per_tile))
     per_layer = [
-        nn_distances(tokens[:, r], refs, s.ref_agg, keep, device=context.device)
-        for r in range(tokens.shape[1])
+        nn_distances(tokens[:, r], refs, s.ref_agg, keep, device=context.device, tick=step)
+        for r in range(layers)
     ]
     return torch.stack(per_layer).mean(dim=0)
 
