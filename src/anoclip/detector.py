@@ -32,7 +32,7 @@ from anoclip.errors import ImageDecodeError, UsageError
 from anoclip.pipeline import Pipeline
 from anoclip.records import Failure, Prediction
 from anoclip.references.bank import NormalBank
-from anoclip.references.patch_scorer import bank_from
+from anoclip.references.patch_scorer import bank_from, needs_clip
 from anoclip.settings import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -63,13 +63,28 @@ class KnownGood(Pipeline):
     ) -> dict[str, Any]:
         """What determines this detector's scores for `object_name` (recorded in thresholds):
         settings, model, weights (files by absolute path), seed, object, mode, refs, TTA."""
-        bb = self.backbone
-        weights = Path(bb.pretrained)
-        pretrained = str(weights.resolve()) if weights.is_file() else bb.pretrained
         return fingerprint(
-            self.settings, model=bb.name, pretrained=pretrained, seed=self.seed,
+            self.settings, model=self.model_name, pretrained=self.weights, seed=self.seed,
             object=object_name, mode=mode, refs=refs, tta=tta_kind(tta),
         )  # fmt: skip
+
+    @property
+    def model_name(self) -> str | None:
+        """The CLIP model's name (None: no CLIP model, visual references alone)."""
+        return None if self.backbone is None else self.backbone.name
+
+    @property
+    def weights(self) -> str | None:
+        """The CLIP weights: an open_clip tag, a checkpoint's absolute path, or "none"."""
+        if self.backbone is None:
+            return None
+        path = Path(self.backbone.pretrained)
+        return str(path.resolve()) if path.is_file() else self.backbone.pretrained
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether random weights shape the outputs (a CLIP model drawn from the seed)."""
+        return self.backbone is not None and self.backbone.random_weights
 
     def calibrate(
         self,
@@ -147,6 +162,9 @@ class Detector(KnownGood):
         settings: what is computed (:class:`Settings`); runtime: how (:class:`Runtime`);
             keyword `overrides` replace fields of either (``temperature=0.07, batch_size=4``).
         backbone: an already loaded :class:`Backbone` (then model/pretrained are ignored).
+
+    With ``fusion="visual"`` on a timm ``visual_backbone`` no CLIP model is built (model and
+    pretrained are unused): the maps and scores come from the visual references alone.
     """
 
     def __init__(
@@ -167,8 +185,8 @@ class Detector(KnownGood):
         if num_workers is not None:
             overrides["workers"] = num_workers
         settings, runtime = apply(settings or Settings(), runtime, **overrides)
-        backbone = backbone or load_backbone(model, pretrained, runtime.device, cache_dir,
-                                             seed=int(seed))  # fmt: skip
+        if backbone is None and needs_clip(settings):
+            backbone = load_backbone(model, pretrained, runtime.device, cache_dir, seed=int(seed))
         super().__init__(backbone, settings, runtime, int(seed))
 
     def predict(

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from anoclip.clip.backbone import Backbone
+from anoclip.clip.backbone import Backbone, resolve_device
 from anoclip.clip.encoder import VVEncoder
 from anoclip.clip.features import check_precision, encode, tiles_of
 from anoclip.clip.plain import PlainForward, plain_forward
@@ -35,6 +35,7 @@ from anoclip.clip.text import TextBank, TextCache
 from anoclip.clip.tta import AdamState, TTAOverrides
 from anoclip.data.images import ImageInput
 from anoclip.data.loading import Preparer, as_list, batches
+from anoclip.errors import UsageError
 from anoclip.records import Failure, Features, Sample, Scored
 from anoclip.references.bank import NormalBank
 from anoclip.references.patch_scorer import PatchScorer, VisualSource, uses_patch_scorer
@@ -46,16 +47,21 @@ SET_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
 
 
 class Pipeline:
-    """One loaded model and its data path (see the module docstring)."""
+    """One loaded model and its data path (see the module docstring). backbone None: no
+    CLIP model (fusion="visual" on a timm backbone, :func:`needs_clip`)."""
 
-    def __init__(self, backbone: Backbone, settings: Settings, runtime: Runtime, seed: int):
+    def __init__(
+        self, backbone: Backbone | None, settings: Settings, runtime: Runtime, seed: int
+    ) -> None:
         self.backbone, self.settings, self.runtime, self.seed = backbone, settings, runtime, seed
-        settings.token_layers(backbone.depth)  # validates layers early
-        check_precision(backbone.device, runtime.precision)
-        self.encoder = VVEncoder(backbone.model.visual, settings.vv_start_layer)
-        self.visual = VisualSource(settings, backbone, self.encoder)
-        self._preparer = Preparer(backbone.image_size, backbone.mean, backbone.std,
-                                  settings.tiling, self.visual.preprocess)  # fmt: skip
+        self._device = backbone.device if backbone else resolve_device(runtime.device)
+        check_precision(self._device, runtime.precision)
+        self.encoder = None
+        if backbone is not None:
+            settings.token_layers(backbone.depth)  # validates layers early
+            self.encoder = VVEncoder(backbone.model.visual, settings.vv_start_layer)
+        self.visual = VisualSource(settings, backbone, self.encoder, self._device)
+        self._preparer = preparer(backbone, self.visual, settings)
         self._text = TextCache()
         self._adam_carry: dict[str, AdamState] = {}  # AnoVL quirk mode only
         self._textures = Textures(settings.synth_textures)
@@ -63,7 +69,19 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.device
+        return self._device
+
+    @property
+    def image_size(self) -> int:
+        """S: the model resolution the maps are made at (CLIP's input, else the visual one)."""
+        return self._preparer.size
+
+    @property
+    def clip(self) -> Backbone:
+        """The CLIP backbone (UsageError when this pipeline has none)."""
+        if self.backbone is None:
+            raise UsageError("no CLIP model was loaded: fusion='visual' on a timm backbone")
+        return self.backbone
 
     def _plain(self) -> PlainForward | None:
         """The 21 augmented views' tower (:mod:`anoclip.clip.plain`), built once when needed."""
@@ -71,7 +89,7 @@ class Pipeline:
             return None
         if self._plain_forward is None:
             rt = self.runtime
-            self._plain_forward = plain_forward(self.backbone.model.visual, rt.precision,
+            self._plain_forward = plain_forward(self.clip.model.visual, rt.precision,
                                                 self.device, rt.view_engine)  # fmt: skip
         return self._plain_forward
 
@@ -80,7 +98,7 @@ class Pipeline:
         s = self.settings
         name = prompt_name(object_name, s.class_names)
         texture = is_texture(object_name, s.domain)
-        return self._text.get(self.backbone, name, texture, s.text_ensemble, s.text_tokens)
+        return self._text.get(self.clip, name, texture, s.text_ensemble, s.text_tokens)
 
     def prepare(self, item: ImageInput, index: int = 0) -> Sample:
         """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
@@ -126,8 +144,7 @@ class Pipeline:
     ) -> Scorer:
         """The scorer for `object_name` with `refs` references per image (0: alone): the patch
         scorer with a `bank`, a timm visual backbone or fusion="visual", else the token path."""
-        context = ScoringContext(self.settings, self.backbone.image_size, self.seed, refs,
-                                 self.device)  # fmt: skip
+        context = ScoringContext(self.settings, self.image_size, self.seed, refs, self.device)
         if not uses_patch_scorer(self.settings, bank):
             encode = partial(
                 self.encode, bank=self.text_bank(object_name), tta=tta, refs=bool(refs)
@@ -154,11 +171,23 @@ class Pipeline:
         carry = None
         if not self.settings.reset_optimizer_state:
             carry = self._adam_carry.setdefault(f"{bank.name}|{kind}", AdamState([], []))
+        assert self.encoder is not None, "no CLIP model"
         return encode(
-            self.backbone, self.encoder, tiles_of(samples, self.device), bank, self.settings,
+            self.clip, self.encoder, tiles_of(samples, self.device), bank, self.settings,
             seed=self.seed, tta=kind, precision=self.runtime.precision, refs=refs,
             overrides=overrides, carry=carry, textures=self._textures, plain=self._plain(),
         )  # fmt: skip
+
+
+def preparer(backbone: Backbone | None, visual: VisualSource, settings: Settings) -> Preparer:
+    """Decoding + preprocessing for the models that run: CLIP tiles (and the visual
+    backbone's input), or only the visual input at its own size (no CLIP model)."""
+    if backbone is not None:
+        return Preparer(backbone.image_size, backbone.mean, backbone.std, settings.tiling,
+                        visual.preprocess)  # fmt: skip
+    prep = visual.preprocess
+    assert prep is not None, "no CLIP model needs a visual backbone"
+    return Preparer(max(prep.size), prep.mean, prep.std, "none", prep, tiles=False)
 
 
 def score_batches(

@@ -25,5 +25,5 @@ def run_batch(
     """AnoCLIP scores and model-resolution maps of preprocessed `samples`, each image
     alone, with the TTA draws of `overrides` (weights `[E, O, C]`, noise) when given."""
     features = detector.encode(samples, bank, tta, overrides=overrides)
-    context = ScoringContext(detector.settings, detector.backbone.image_size, detector.seed)
+    context = ScoringContext(detector.settings, detector.image_size, detector.seed)
     return score_each(samples, features, context)

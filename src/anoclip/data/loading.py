@@ -35,7 +35,8 @@ class Preparer:
     """Decoding + preprocessing of inputs; small and picklable (DataLoader workers).
 
     visual: the preprocessing of a separate visual backbone; each image is then decoded
-    once and also prepared as that backbone's input (`Sample.visual`)."""
+    once and also prepared as that backbone's input (`Sample.visual`). tiles=False: no
+    CLIP tiles (`Sample.tiles` empty; the layout still gives the maps' resolution)."""
 
     def __init__(
         self,
@@ -44,9 +45,10 @@ class Preparer:
         std: Sequence[float],
         tiling: Tiling = "none",
         visual: VisualPreprocess | None = None,
+        tiles: bool = True,
     ) -> None:
         self.size, self.mean, self.std, self.tiling = size, tuple(mean), tuple(std), tiling
-        self.visual = visual
+        self.visual, self.tiles = visual, tiles
 
     def prepare(self, item: ImageInput, index: int = 0) -> Sample:
         """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
@@ -54,7 +56,10 @@ class Preparer:
         img = load_rgb(item, DECODE_MAX_PIXELS)
         width, height = size or img.size
         layout = plan_layout(height, width, self.size, self.tiling)
-        tiles = to_tensor(img, layout, self.mean, self.std)
+        if self.tiles:
+            tiles = to_tensor(img, layout, self.mean, self.std)
+        else:
+            tiles = torch.empty(0, 3, self.size, self.size)
         visual = None if self.visual is None else to_input(img, self.visual)[0]
         return Sample(index, source_name(item, index), tiles, layout, (height, width), visual)
 

@@ -142,7 +142,7 @@ def score_against(
         return prepared  # type: ignore[return-value]  # all failures
     text = detector.text_bank(job.object_name)
     feats = _to_cpu(detector.encode(samples, text, job.tta, refs=True))
-    context = ScoringContext(detector.settings, detector.backbone.image_size, detector.seed,
+    context = ScoringContext(detector.settings, detector.image_size, detector.seed,
                              ref_count(job.mode, job.refs), detector.device)  # fmt: skip
     bounds = np.cumsum([0] + [smp.layout.num_tiles for smp in samples]).tolist()
     results: dict[int, Prediction] = {}

@@ -156,13 +156,19 @@ class EvalOptions:
 def fingerprint(detector: Detector, opts: EvalOptions) -> dict:
     """What determines a category's numbers (runtime choices such as the batch size do
     not): a finished category is reused only if equal."""
-    bb = detector.backbone
+    model, weights, _ = identity(detector)
     return settings_fingerprint(
-        detector.settings, model=bb.name, pretrained=bb.pretrained, seed=detector.seed,
+        detector.settings, model=model, pretrained=weights, seed=detector.seed,
         tta=tta_kind(opts.tta), mode=opts.mode, refs=opts.refs, eval_size=opts.eval_size,
         ap_mode=opts.ap_mode, limit=opts.limit, false_reject=opts.false_reject,
         **({"train_bank": True} if opts.train_bank else {}),
     )  # fmt: skip
+
+
+def identity(detector: Detector) -> tuple[str | None, str | None, bool]:
+    """(CLIP model, weights as given, random weights?); None, None, False without CLIP."""
+    bb = detector.backbone
+    return (None, None, False) if bb is None else (bb.name, bb.pretrained, bb.random_weights)
 
 
 def subset(items: list[Item], limit: int | None) -> list[Item]:
@@ -490,21 +496,22 @@ def setting_class(opts: EvalOptions) -> str:
 def metrics_markdown(
     results: Sequence[CategoryResult], detector: Detector, opts: EvalOptions
 ) -> str:
-    bb = detector.backbone
+    model, weights, random_weights = identity(detector)
     size = "model input resolution" if opts.eval_size is None else f"shorter side {opts.eval_size}"
     lines = [
         f"# anoclip evaluation: {opts.dataset}",
         "",
-        f"- model `{bb.name}`, weights `{bb.pretrained}`, seed {detector.seed}, mode "
+        f"- model `{model or 'none (visual references alone)'}`, weights `{weights}`, "
+        f"seed {detector.seed}, mode "
         f"`{opts.mode}`"
         + (f" (refs {opts.refs})" if opts.refs else "")
         + f", setting class **{setting_class(opts)}**",
-        f"- metrics at {size} (image {bb.image_size} px); AP {opts.ap_mode}-wise; AUPRO with "
+        f"- metrics at {size} (image {detector.image_size} px); AP {opts.ap_mode}-wise; AUPRO with "
         "FPR < 0.3 rescaled to [0, 1] (AnoVL/MuSc convention); values in %",
     ]
     if opts.limit:
         lines.append(f"- **subset**: about {opts.limit} images per category (smoke test only)")
-    if bb.random_weights:
+    if random_weights:
         lines += [
             "",
             "> **Random weights**: these numbers say nothing about detection quality. They "
@@ -659,14 +666,14 @@ def write_eval_report(
                 label=item.defect, anomalous=bool(label), category=r.category,
             ))  # fmt: skip
     single = results[0].preferred() if len(results) == 1 else None
-    bb = detector.backbone
-    info = {"dataset": opts.dataset, "root": str(opts.root), "model": bb.name,
-            "pretrained": bb.pretrained, "random_weights": bb.random_weights,
+    model, weights, random_weights = identity(detector)
+    info = {"dataset": opts.dataset, "root": str(opts.root), "model": model,
+            "pretrained": weights, "random_weights": random_weights,
             "seed": detector.seed, "mode": opts.mode, "refs": opts.refs,
             "tta": tta_kind(opts.tta), "setting class": setting_class(opts),
             "false_reject": opts.false_reject}  # fmt: skip
     title = f"anoclip evaluate: {opts.dataset} ({', '.join(r.category for r in results)})"
-    title += " (RANDOM weights: scores meaningless)" if bb.random_weights else ""
+    title += " (RANDOM weights: scores meaningless)" if random_weights else ""
     return write_report(
         out, rows, None if single is None else single.threshold, info, title,
         metrics=report_table(results), scale=FIXED_SCALE,

@@ -65,6 +65,12 @@ from anoclip.references.token_scorer import ScoringContext, kept, score_each
 from anoclip.settings import CLIP_VISUAL, RefCount, Settings
 
 
+def needs_clip(settings: Settings) -> bool:
+    """Whether a CLIP model computes anything: not for fusion="visual" on a timm backbone
+    (the visual references alone; then no CLIP model is built at all)."""
+    return not (settings.fusion == "visual" and settings.visual_backbone != CLIP_VISUAL)
+
+
 def uses_patch_scorer(settings: Settings, bank: NormalBank | None = None) -> bool:
     """Whether the patch scorer runs (else token_scorer.py's V-V token path, unchanged)."""
     return settings.patch_scorer or bank is not None
@@ -96,9 +102,16 @@ class PatchSet:
 
 class VisualSource:
     """What computes the patch scorer's features: a timm backbone (its own input per image,
-    `Sample.visual`) or the CLIP encoder's `ref_features` tokens of `ref_layers`."""
+    `Sample.visual`) or the CLIP encoder's `ref_features` tokens of `ref_layers` (`backbone`
+    and `encoder` None: no CLIP model, :func:`needs_clip`)."""
 
-    def __init__(self, settings: Settings, backbone: Backbone, encoder: VVEncoder) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backbone: Backbone | None,
+        encoder: VVEncoder | None,
+        device: torch.device,
+    ) -> None:
         self.settings, self.clip, self.encoder = settings, backbone, encoder
         self.timm: VisualBackbone | None = None
         if settings.visual_backbone != CLIP_VISUAL:
@@ -106,7 +119,7 @@ class VisualSource:
             self.timm = load_visual_backbone(
                 settings.visual_backbone,
                 settings.visual_pretrained,
-                backbone.device,
+                device,
                 strides=settings.visual_strides,
                 image_size=settings.visual_size or None,
             )
