@@ -36,7 +36,7 @@ rescales the ratio vs AnoVL to equal matmul rates (t · probed rate).
     python benchmarks/speed.py --model tiny --images 4    # quick
 
 Needs ``pip install -e ".[bench,export]"`` (anomalib; onnxruntime, openvino); rows whose
-package is missing are skipped with the reason.
+package is missing are skipped with the reason (and so is the cost model's WinCLIP line).
 """
 
 from __future__ import annotations
@@ -408,16 +408,13 @@ def cost_model(model_key: str, bank) -> dict[str, float]:
     x = torch.randn(1, 3, s, s)
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel is not counted
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wc = winclip_model(model_key)
     try:
         with torch.inference_mode():
             enc = VVEncoder(visual)
             f_vv = flops(enc, x)
             f_plain = flops(visual, x)
             f_fused = flops(plain_forward(visual), x)
-            f_wc = flops(wc, x)
+            f_wc, wc_missing = winclip_flops(model_key, x)
             tokens = enc(x).vv[enc.depth].float()
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
@@ -425,7 +422,22 @@ def cost_model(model_key: str, bank) -> dict[str, float]:
     f_tta = flops(adapt_tokens, tokens, bank.features, bank.sentences, Settings(), gen)
     length, dim = tokens.shape[1:]
     return {"vv": f_vv, "plain": f_plain, "fused": f_fused, "tta": f_tta, "winclip": f_wc,
-            "ref": 2.0 * length * length * dim, "tokens": length}  # fmt: skip
+            "winclip_missing": wc_missing, "ref": 2.0 * length * length * dim,
+            "tokens": length}  # fmt: skip
+
+
+def winclip_flops(model_key: str, x: torch.Tensor) -> tuple[float, str | None]:
+    """(WinCLIP's forward FLOPs, None), or (NaN, why) when anomalib is not installed."""
+    why = available(Config("WinCLIP", "winclip"))
+    if why is not None:
+        return float("nan"), why
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wc = winclip_model(model_key)
+    except ImportError as exc:  # installed, but a dependency of it is not
+        return float("nan"), f"cannot import anomalib's WinCLIP: {exc}"
+    return flops(wc, x), None
 
 
 # ----------------------------------------------------------------------------- report
@@ -622,6 +634,9 @@ def print_cost(cost: dict) -> None:
         ("WinCLIP zero-shot (1 image + 2 window scales)", cost["winclip"]),
     ]
     for name, f in rows:
+        if name.startswith("WinCLIP") and cost.get("winclip_missing"):
+            print(f"  {name:58s} {'-':>9s}  {cost['winclip_missing']}")
+            continue
         print(f"  {name:58s} {f / g:9.2f}")
     print(f"  {'one dual-path pass / open_clip pass / fused CLS-only pass':58s} "
           f"{vv / g:.2f} / {plain / g:.2f} / {fused / g:.2f}")  # fmt: skip

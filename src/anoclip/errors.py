@@ -8,6 +8,11 @@ traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+CLOSE_NAME_CUTOFF = 0.75  # difflib ratio: "vit_b_16" ~ "ViT-B-16", "ViT-Nope-99" ~ nothing
+
 
 class AnoclipError(Exception):
     """Base class of every user-facing anoclip error (one-line message)."""
@@ -60,3 +65,13 @@ class AnoclipWarning(UserWarning):
 
 class BankError(AnoclipError, ValueError):
     """A bank of normal features that cannot be read, written or used with these settings."""
+
+
+def close_names(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """Up to `n` names of `known` close to `name` (case aside), best first, for a "did you
+    mean" hint; none when nothing is close (a hint to an unrelated name misleads)."""
+    by_lower: dict[str, str] = {}
+    for k in known:
+        by_lower.setdefault(k.lower(), k)
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=CLOSE_NAME_CUTOFF)
+    return [by_lower[c] for c in close]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from anoclip import Detector, UsageError
 from anoclip.clip.features import cpu_has_bf16
 
+from ..conftest import REPO
 from ..oracles import AnoVLLoop
 
 TOL = 1e-5
@@ -97,3 +99,22 @@ def test_precision_refusals(tiny_backbone, monkeypatch):
     monkeypatch.setattr("anoclip.clip.features.cpu_has_bf16", lambda: False)
     with pytest.raises(UsageError, match="bf16.*AVX512"):
         Detector(backbone=tiny_backbone, precision="bf16")
+
+
+def test_cost_model_reports_a_missing_anomalib(tiny_config, monkeypatch, capsys):
+    """speed.py's cost model without anomalib: the WinCLIP row says so, the rest is counted."""
+    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks/speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "speed", speed)  # its dataclasses look their module up
+    spec.loader.exec_module(speed)
+    monkeypatch.setitem(sys.modules, "anomalib", None)  # `import anomalib` raises ImportError
+    monkeypatch.setitem(speed.MODELS, "tiny", str(tiny_config))
+    from anoclip.clip.prompts import is_texture, prompt_name
+    from anoclip.clip.text import build_text_bank
+
+    bank = build_text_bank(speed.load("tiny"), prompt_name("screw"), is_texture("screw"))
+    cost = speed.cost_model("tiny", bank)
+    assert cost["vv"] > 0 and cost["tta"] > 0 and np.isnan(cost["winclip"])
+    speed.print_cost(cost)
+    row = next(line for line in capsys.readouterr().out.splitlines() if "WinCLIP" in line)
+    assert "not installed: anomalib" in row

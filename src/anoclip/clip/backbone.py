@@ -13,7 +13,6 @@ file is one :class:`BackboneError` line naming the first mismatching tensor.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -43,7 +42,8 @@ from open_clip.model import (
 )
 
 from anoclip.clip import towers
-from anoclip.errors import BackboneError, WeightsUnavailableError
+from anoclip.data.tensor_files import TensorFileError, load_tensors
+from anoclip.errors import BackboneError, WeightsUnavailableError, close_names
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _check_model_name(model: str) -> None:
     known = open_clip.list_models()
     if model in known:
         return
-    close = difflib.get_close_matches(model, known, n=3)
+    close = close_names(model, known)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise BackboneError(
         f"unknown model {model!r}: not an open_clip model name nor a config JSON file.{hint}"
@@ -282,14 +282,12 @@ def read_checkpoint(path: str, name: str) -> dict[str, torch.Tensor] | None:
 
             raw: Any = load_file(path, device="cpu")
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch's messages are multi-line advice
-        raise _unusable(
-            path,
-            name,
-            "it cannot be read as PyTorch or safetensors weights (damaged, another format, "
-            f"or it holds objects other than tensors; {type(exc).__name__})",
-        ) from exc
+            raw = load_tensors(path)
+    except TensorFileError as exc:
+        raise _unusable(path, name, str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - safetensors
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _unusable(path, name, f"not a readable safetensors file ({msg})") from None
     if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
         raw = raw["state_dict"]
     if not isinstance(raw, Mapping) or not raw:

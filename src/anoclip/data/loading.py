@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,14 +20,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from anoclip.data.images import ImageInput, load_rgb, source_name
+from anoclip.data.images import DRAFT_PIXELS, ImageInput, load_rgb, open_image, source_name
 from anoclip.data.preprocess import VisualPreprocess, plan_layout, to_input, to_tensor
 from anoclip.errors import ImageDecodeError
 from anoclip.records import Failure, Sample
 from anoclip.settings import Tiling
 
 # JPEG files above this many pixels are decoded at a reduced scale (images.load_rgb).
-DECODE_MAX_PIXELS = 64 * 2**20
+DECODE_MAX_PIXELS = DRAFT_PIXELS
 
 
 class Preparer:
@@ -133,10 +132,7 @@ def _file_size(item: ImageInput) -> tuple[int, int] | None:
     if not isinstance(item, (str, os.PathLike)):
         return None
     try:
-        with warnings.catch_warnings():  # load_rgb reports a decompression bomb, once
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(item)
-        with img:
+        with open_image(item) as img:  # load_rgb reports a huge image, once
             if img.format != "JPEG":
                 return None
             width, height = img.size

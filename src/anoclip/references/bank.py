@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from anoclip.data.tensor_files import TensorFileError, load_tensors
 from anoclip.errors import BankError
 from anoclip.extras import require
 from anoclip.references.patches import Key
@@ -232,10 +233,9 @@ class NormalBank:
         if not p.is_file():
             raise BankError(f"bank not found: {p}")
         try:
-            payload = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BankError(f"cannot read bank {p}: {msg}") from None
+            payload = load_tensors(p)
+        except TensorFileError as exc:
+            raise BankError(f"{p} is not an anoclip bank: {exc}") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise BankError(f"{p} is not an anoclip bank ({FORMAT})")
         meta = BankMeta.from_json(payload["meta"])

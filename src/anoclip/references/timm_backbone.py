@@ -20,7 +20,6 @@ Checkpoints in EfficientNet-PyTorch names (`_conv_stem`, `_bn0`, `_blocks.N...`,
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,8 @@ import torch
 
 from anoclip.data.images import ImageInput
 from anoclip.data.preprocess import INTERPOLATIONS, VisualPreprocess
-from anoclip.errors import BackboneError
+from anoclip.data.tensor_files import TensorFileError, load_tensors
+from anoclip.errors import BackboneError, close_names
 
 PREFIX = "timm:"
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -145,7 +145,7 @@ def load_visual_backbone(
     timm = _timm()
 
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        close = close_names(name, timm.list_models())
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise BackboneError(f"unknown timm model {name!r}{hint}")
     out_indices = _out_indices(name, stages, strides)
@@ -206,8 +206,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+            obj = load_tensors(path)
+    except TensorFileError as exc:
+        raise BackboneError(f"cannot read visual checkpoint {path}: {exc}") from None
+    except Exception as exc:  # safetensors: one-line messages
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BackboneError(f"cannot read visual checkpoint {path}: {msg}") from None
     for key in _WRAPPER_KEYS:

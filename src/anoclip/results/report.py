@@ -289,7 +289,7 @@ def histogram(
         "height": height,
         "plot": {"left": left, "top": top, "right": left + pw, "bottom": top + ph},
         "bars": bars,
-        "xticks": [{"x": x_of(v), "label": f"{v:.4g}"} for v in nice_ticks(lo, hi)],
+        "xticks": [{"x": x_of(v), "label": t} for v, t in tick_labels(nice_ticks(lo, hi))],
         "yticks": [{"y": y_of(v), "label": f"{v:g}"} for v in nice_ticks(0, peak, 4)],
         "threshold": None
         if threshold is None
@@ -303,19 +303,56 @@ def histogram(
     }
 
 
+def tick_labels(values: Sequence[float]) -> list[tuple[float, str]]:
+    """(value, label) of ticks, with as few significant digits (at least 4) as write each
+    tick exactly, so neighbours never read alike (0.501725 0.50175, not 0.5017 0.5018)."""
+    if len(values) < 2:
+        return [(v, f"{v:.4g}") for v in values]
+    gap = min(abs(b - a) for a, b in zip(values, values[1:]))
+    for digits in range(4, 16):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if all(abs(float(t) - v) <= gap * 1e-6 for t, v in zip(labels, values)):
+            break
+    return list(zip(values, labels))
+
+
+BAR_LEFT, BAR_LENGTH, BAR_WIDTH = 10, 300, 320  # the template's colour bar (SVG units)
+CHAR_WIDTH = 6.5  # about, of the report's 11-px SVG text
+
+
 def colour_bar(lo: float, hi: float, marks: Mapping[str, float | None] | None = None) -> dict:
-    """Gradient stops and ticks of the run's colour scale, with optional marked values."""
+    """Gradient stops and ticks of the run's colour scale, with optional marked values.
+
+    A label that would cross the bar's ends is anchored at its tick instead of centred on
+    it ("anchor": start / middle / end), so none is cut at the edge of the picture; a mark
+    label's ▲ stays next to its mark."""
     stops = [
         {"offset": f"{p:.3f}", "colour": "#" + bytes(LUT[round(p * 255)].tolist()).hex()}
         for p in np.linspace(0.0, 1.0, 11)
     ]
-    ticks = [{"pos": (v - lo) / (hi - lo), "label": f"{v:.4g}"} for v in nice_ticks(lo, hi, 5)]
-    shown = [
-        {"pos": (v - lo) / (hi - lo), "label": f"{name} {v:.4g}"}
-        for name, v in (marks or {}).items()
-        if v is not None and lo <= v <= hi
+    ticks = [
+        {"pos": (v - lo) / (hi - lo), "label": t, "anchor": _anchor((v - lo) / (hi - lo), t)}
+        for v, t in tick_labels(nice_ticks(lo, hi, 5))
     ]
+    shown = []
+    for name, v in (marks or {}).items():
+        if v is None or not lo <= v <= hi:
+            continue
+        pos = (v - lo) / (hi - lo)
+        anchor = _anchor(pos, f"▲ {name} {v:.4g}")
+        label = f"{name} {v:.4g} ▲" if anchor == "end" else f"▲ {name} {v:.4g}"
+        dx = {"start": -4, "middle": 0, "end": 4}[anchor]  # the ▲ over the mark
+        shown.append({"pos": pos, "label": label, "anchor": anchor, "dx": dx})
     return {"lo": lo, "hi": hi, "stops": stops, "ticks": ticks, "marks": shown}
+
+
+def _anchor(pos: float, label: str) -> str:
+    """ "start" / "end" for a label centred at `pos` of the bar that would cross the
+    picture's left / right edge, else "middle"."""
+    x, half = BAR_LEFT + pos * BAR_LENGTH, len(label) * CHAR_WIDTH / 2
+    if x - half < 0:
+        return "start"
+    return "end" if x + half > BAR_WIDTH else "middle"
 
 
 def flatten(info: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:

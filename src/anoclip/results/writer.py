@@ -357,6 +357,19 @@ def read_rows(path: Path) -> list[Row]:
     return [row for row in rows if row["source"]]
 
 
+def interrupted_message(out: str | os.PathLike | None) -> str:
+    """What an interrupted run says about its results folder `out`: how many finished
+    images its scores.csv keeps, or that none had finished (a dual/mutual run writes none
+    before the whole set is encoded), never "finished results are kept" over nothing."""
+    try:
+        done = len(read_rows(Path(out) / SCORES)) if out is not None else 0
+    except (OSError, ValueError, csv.Error):
+        done = 0
+    if done == 0:
+        return "anoclip: interrupted before any image finished; no results are kept"
+    return f"anoclip: interrupted; {done} finished image(s) kept in {out} (--resume continues)"
+
+
 def write_rows(path: Path, rows: Iterable[Row]) -> None:
     """Replace scores.csv atomically with `rows` under the current header."""
     buf = io.StringIO()

@@ -40,6 +40,11 @@ def test_unreachable_host_fails_fast(tmp_path, monkeypatch):
 def test_unknown_model_and_tag(tiny_config):
     with pytest.raises(BackboneError, match="unknown model 'ViT-B-16-plus-24'.*Did you mean"):
         load_backbone("ViT-B-16-plus-24", "none")
+    with pytest.raises(BackboneError, match=r"Did you mean: ViT-B-32, ") as err:  # case aside
+        load_backbone("vit-b-32", "none")
+    with pytest.raises(BackboneError) as err:  # nothing close: no hint to ViT-e-14
+        load_backbone("ViT-Nope-99", "none")
+    assert str(err.value).endswith("nor a config JSON file."), err.value
     with pytest.raises(BackboneError, match="unknown pretrained tag"):
         load_backbone("ViT-B-16-plus-240", "laion9000")
     with pytest.raises(BackboneError, match="checkpoint file not found"):
@@ -78,7 +83,7 @@ HASH_IN_CHILD = """
 import sys, warnings
 warnings.simplefilter("ignore")
 from anoclip import load_backbone
-from tests.unit.test_backbone import state_hash
+from tests.unit.clip.test_backbone import state_hash
 bb = load_backbone(sys.argv[1], "none", device="cpu", seed=int(sys.argv[2]))
 print(state_hash(bb.model.state_dict()))
 """
@@ -151,9 +156,8 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path, tiny_config, model):
     assert time.perf_counter() - start < 10  # fails before building the model
     name = "tiny-clip-12l" if model.endswith(".json") else model
     assert msg == (
-        f"{bad} is not a usable checkpoint for {name}: it cannot be read as PyTorch or "
-        "safetensors weights (damaged, another format, or it holds objects other than "
-        "tensors; UnpicklingError)"
+        f"{bad} is not a usable checkpoint for {name}: not a PyTorch file: neither a zip "
+        "archive nor a pickle (it starts with bytes 00 01 02 03)"
     )
 
 

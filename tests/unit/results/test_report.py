@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+import re
 
 import numpy as np
 import pytest
@@ -109,6 +110,33 @@ def test_histogram_counts_and_threshold_position():
     assert h["threshold"]["x"] == pytest.approx(plot["right"])  # t = max of the range
     assert h["threshold"]["anchor"] == "end"
     assert h["counts"] == {"normal": int((~truth).sum()), "anomalous": int(truth.sum())}
+
+
+def test_tick_labels_tell_close_ticks_apart():
+    """Scores within 1e-4 of each other: 0.501725 0.50175 ..., not 0.5017 0.5018 0.5018."""
+    h = report.histogram([0.50171, 0.50175, 0.50183], threshold=None)
+    labels = [t["label"] for t in h["xticks"]]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    ticks = report.nice_ticks(0.50171, 0.50183)
+    assert [float(t) for t in labels] == pytest.approx(ticks, abs=1e-12)
+    assert [t for _, t in report.tick_labels([0, 0.25, 0.5, 0.75, 1])] == [
+        "0", "0.25", "0.5", "0.75", "1",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("t_px", "anchor"), [(0.003, "start"), (0.5, "middle"), (0.997, "end")])
+def test_pixel_threshold_mark_stays_inside_the_colour_bar(tmp_path, t_px, anchor):
+    """A pixel threshold near either end of the scale is anchored there, not cut off."""
+    t = Threshold("normal", 0.35, t_px, {"false_reject": 0.01}, "0.1.0", {})
+    html = report.write_report(tmp_path, _rows(), t, scale=(0.0, 1.0)).read_text()
+    mark = r'<text class="mark" x="([\d.-]+)" y="44" text-anchor="(\w+)">([^<]*)<'
+    marks = re.findall(mark, html)
+    assert marks and all(a == anchor for _, a, _ in marks), marks
+    for x, a, label in marks:
+        assert "pixel threshold" in label and "▲" in label
+        width = len(label) * report.CHAR_WIDTH
+        left = {"start": 0.0, "middle": width / 2, "end": width}[a]
+        assert float(x) - left >= 0 and float(x) - left + width <= report.BAR_WIDTH, (x, label)
 
 
 # ---- the page --------------------------------------------------------------------------
