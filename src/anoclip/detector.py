@@ -8,13 +8,14 @@
         <- Detector (load the model, predict, iter_predict)
 
 :meth:`Detector.calibrate` scores known-good images exactly as test images will be scored
-and returns a :class:`~anoclip.decide.calibrate.Threshold`; ``predict(..., threshold=t)`` fills
+and returns a :class:`~anoclip.threshold.Threshold`; ``predict(..., threshold=t)`` fills
 ``Prediction.decision`` / ``ratio``; ``threshold="unsupervised"`` (or :func:`decide_all`)
 applies the label-free outlier rule to the predicted set itself.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,10 +29,11 @@ from anoclip.data.preprocess import resize_map
 from anoclip.data.standalone import capped_size as capped
 from anoclip.decide.calibrate import DEFAULT_CONFIDENCE, DEFAULT_FALSE_REJECT
 from anoclip.decide.decisions import check_calibration, decide_all, normal_items, threshold_from
-from anoclip.errors import ImageDecodeError, UsageError
+from anoclip.errors import AnoclipWarning, ImageDecodeError, UsageError
 from anoclip.pipeline import Pipeline
 from anoclip.records import Failure, Prediction
 from anoclip.references.bank import NormalBank
+from anoclip.references.familiarity import unfamiliar_message
 from anoclip.references.patch_scorer import bank_from, needs_clip
 from anoclip.settings import (
     DEFAULT_MODEL,
@@ -240,11 +242,17 @@ class Detector(KnownGood):
                 f"iter_predict: threshold {threshold!r} needs the whole set; use predict(..., "
                 "threshold='unsupervised') or decide_all(predictions, 'unsupervised')"
             )
+        scored = odd = 0
         for item in self.iter_scored(images, object_name, tta, **options):
             if isinstance(item, Failure):
                 yield item
                 continue
             size = capped(item.sample.size, max_map_side)
             full = resize_map(item.map, size).clamp(0.0, 1.0).numpy().astype(np.float32)
-            pred = Prediction(item.sample.source, item.score, full, item.mode, item.sample.size)
+            pred = Prediction(item.sample.source, item.score, full, item.mode, item.sample.size,
+                              notes=item.notes)  # fmt: skip
+            scored, odd = scored + 1, odd + ("unfamiliar" in item.notes)
             yield pred if threshold is None else pred.decided(threshold)
+        if odd:
+            warnings.warn(unfamiliar_message(odd, scored, "the bank's known-good images"),
+                          AnoclipWarning, stacklevel=2)  # fmt: skip

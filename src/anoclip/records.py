@@ -48,7 +48,9 @@ class Prediction:
     decision: "ok", "review" or "defect" once a threshold was applied (else None): defect ⟺
         score > t_d, review ⟺ t_r < score ≤ t_d (:mod:`anoclip.threshold`).
     ratio: score / t_d (> 1 means defect; NaN when t_d ≤ 0), with the decision.
-    threshold: the applied :class:`~anoclip.decide.calibrate.Threshold` (or plain float t).
+    threshold: the applied :class:`~anoclip.threshold.Threshold` (or plain float t).
+    notes: what makes the score doubtful: "unfamiliar" (the image does not look like the
+        known-good images, :mod:`anoclip.references.familiarity`).
     """
 
     source: str
@@ -59,6 +61,7 @@ class Prediction:
     decision: Decision | None = None
     ratio: float | None = None
     threshold: Threshold | float | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()
 
     def decided(self, threshold: Threshold | float) -> Prediction:
         """A copy with `decision`, `ratio` and `threshold` filled from `threshold`."""
@@ -142,3 +145,4 @@ class Scored:
     score: float
     map: torch.Tensor
     mode: str = "anoclip"
+    notes: tuple[str, ...] = ()  # what makes the score doubtful, e.g. "unfamiliar"

@@ -3,7 +3,7 @@
     defect ⟺ score > t            mask ⟺ map > t_px
 
 :func:`threshold_from` turns the scored known-good images (a :class:`Scored` stream, maps
-at model resolution) into a :class:`~anoclip.decide.calibrate.Threshold`; :func:`decide_all`
+at model resolution) into a :class:`~anoclip.threshold.Threshold`; :func:`decide_all`
 fills ``Prediction.decision`` / ``ratio`` for a finished set (the unsupervised rule needs
 the whole set). The estimators are in :mod:`anoclip.decide.calibrate`.
 """

@@ -139,19 +139,25 @@ def nearest_distance(
 
 @dataclass
 class NormalBank:
-    """Normal patch features per (layer, radius) `[M, C_l]`, with their metadata."""
+    """Normal patch features per (layer, radius) `[M, C_l]`, with their metadata, and the
+    images' global features `[B, D]` (None in a bank saved before they were kept)."""
 
     meta: BankMeta
     features: dict[Key, torch.Tensor]
     _indexes: dict[Key, Any] = field(default_factory=dict, repr=False, compare=False)
+    glob: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, features: Mapping[Key, torch.Tensor], meta: BankMeta) -> NormalBank:
-        """From patch features {(l, r): `[B, L, C_l]`} of B normal images."""
+    def build(
+        cls, features: Mapping[Key, torch.Tensor], meta: BankMeta, glob: torch.Tensor | None = None
+    ) -> NormalBank:
+        """From patch features {(l, r): `[B, L, C_l]`} of B normal images (and their global
+        features `[B, D]`, for :mod:`anoclip.references.familiarity`)."""
         keys, want = sorted(features), meta.keys()
         if keys != want:
             raise BankError(f"bank features {keys} do not match the metadata's {want}")
-        return cls(meta, {k: features[k].reshape(-1, features[k].shape[-1]).float() for k in keys})
+        flat = {k: features[k].reshape(-1, features[k].shape[-1]).float() for k in keys}
+        return cls(meta, flat, glob=None if glob is None else glob.float())
 
     @property
     def size(self) -> int:
@@ -171,14 +177,18 @@ class NormalBank:
             raise IndexError(f"bank image {index} of {self.num_images}")
         keep = torch.ones(self.size, dtype=torch.bool)
         keep[index * per : (index + 1) * per] = False
-        return NormalBank(self.meta, {k: v[keep] for k, v in self.features.items()})
+        glob = None if self.glob is None else torch.cat([self.glob[:index], self.glob[index + 1 :]])
+        return NormalBank(self.meta, {k: v[keep] for k, v in self.features.items()}, glob=glob)
 
-    def add(self, features: Mapping[Key, torch.Tensor]) -> None:
-        """Append the patches of more normal images {(l, r): `[B, L, C_l]`}."""
+    def add(self, features: Mapping[Key, torch.Tensor], glob: torch.Tensor | None = None) -> None:
+        """Append the patches of more normal images {(l, r): `[B, L, C_l]`} (and their
+        global features `[B, D]`; without them the bank's are dropped)."""
         if sorted(features) != sorted(self.features):
             raise BankError("added features do not have the bank's (layer, radius) sets")
         for k, v in features.items():
             self.features[k] = torch.cat([self.features[k], v.reshape(-1, v.shape[-1]).float()])
+        both = self.glob is not None and glob is not None
+        self.glob = torch.cat([self.glob, glob.float()]) if both else None  # type: ignore[list-item]
         self._indexes.clear()
 
     def scores(
@@ -221,6 +231,8 @@ class NormalBank:
             "meta": self.meta.to_json(),
             "features": {f"{li}_{r}": v.contiguous() for (li, r), v in self.features.items()},
         }
+        if self.glob is not None:
+            payload["glob"] = self.glob.contiguous()
         try:
             torch.save(payload, Path(path))
         except OSError as exc:
@@ -245,7 +257,8 @@ class NormalBank:
         for name, v in payload["features"].items():
             li, r = name.split("_")
             feats[(int(li), int(r))] = v
-        return cls(meta, feats)
+        glob = payload.get("glob")
+        return cls(meta, feats, glob=glob if isinstance(glob, torch.Tensor) else None)
 
 
 def combine(mutual: torch.Tensor, bank: torch.Tensor, how: str = "min") -> torch.Tensor:

@@ -48,6 +48,7 @@ from anoclip.errors import AnoclipWarning, ImageDecodeError, UsageError
 from anoclip.extras import embedded_weights
 from anoclip.records import Failure, Features, Sample, Scored
 from anoclip.references.bank import BankMeta, NormalBank, combine, refuse_other
+from anoclip.references.familiarity import unfamiliar
 from anoclip.references.fusion import fuse_maps, fuse_scores, moments
 from anoclip.references.neighbours import duplicate_mask, nearest_references, rscin
 from anoclip.references.patches import (
@@ -225,7 +226,8 @@ def bank_from(
             if isinstance(b, Failure):
                 raise ImageDecodeError(f"bank image {b.source}: {b.reason}")
         parts.append(visual.patch_set(batch))  # type: ignore[arg-type]
-    return NormalBank.build(PatchSet.cat(parts).feats, visual.bank_meta(object_name))
+    found = PatchSet.cat(parts)
+    return NormalBank.build(found.feats, visual.bank_meta(object_name), found.glob)
 
 
 @dataclass
@@ -376,9 +378,12 @@ def score_patches(
     if s.rscin and refs:
         scores = rscin(scores, patches.glob)
     mode = mode_name(refs, bank)
+    odd = [False] * len(samples)
+    if bank is not None and bank.glob is not None:
+        odd = unfamiliar(patches.glob, bank.glob).tolist()
     return [
-        Scored(smp, float(score), m.float().cpu(), mode)
-        for smp, score, m in zip(samples, scores.tolist(), maps)
+        Scored(smp, float(score), m.float().cpu(), mode, ("unfamiliar",) if strange else ())
+        for smp, score, m, strange in zip(samples, scores.tolist(), maps, odd)
     ]
 
 
