@@ -19,9 +19,13 @@ a *tile* is one square model input cut from an image (an image has one or more).
 
 from __future__ import annotations
 
+import difflib
+import functools
+import types
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from anoclip.errors import UnknownSettingError, UsageError
 
@@ -66,8 +70,52 @@ def choices(kind: Any) -> tuple[str, ...]:
     return tuple(get_args(kind))
 
 
+class _Derived:
+    """What follows from the fields of :class:`Settings` (its base, so that the record itself
+    is its fields): validation on construction, the scored layers, which path runs."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def token_layers(self, depth: int) -> tuple[int, ...]:
+        """The 1-based layers whose V-V tokens are scored, for a tower of `depth` blocks."""
+        layers = (depth,) if self.token_mode == "anovl" else self.layers
+        bad = [x for x in layers if not self.vv_start_layer <= x <= depth]
+        if bad:
+            _fail(
+                f"layers {bad} are outside [{self.vv_start_layer}, {depth}] "
+                f"(vv_start_layer={self.vv_start_layer}, tower depth {depth})"
+            )
+        return tuple(layers)
+
+    @property
+    def patch_scorer(self) -> bool:
+        """Whether the patch scorer runs even without a bank: a timm visual backbone, or
+        fusion="visual" (otherwise only a bank brings it in; visual_branch.uses_patch_scorer)."""
+        return self.visual_backbone != CLIP_VISUAL or self.fusion == "visual"
+
+    def ref_tokens(self, depth: int, patch_scorer: bool = False) -> tuple[str, tuple[int, ...]]:
+        """(features, 1-based layers) of the visual-branch CLIP tokens, "auto" resolved: the
+        token path -> ("vv", (depth,)); the patch scorer -> ("ori", quarter-depth blocks)."""
+        features = self.ref_features
+        if features == "auto":
+            features = "ori" if patch_scorer else "vv"
+        layers = self.ref_layers
+        if not layers:
+            layers = quarter_layers(depth) if patch_scorer else (depth,)
+        low = self.vv_start_layer if features == "vv" else 1
+        bad = [x for x in layers if not low <= x <= depth]
+        if bad:
+            _fail(f"ref_layers {bad} are outside [{low}, {depth}]")
+        return features, tuple(layers)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
 @dataclass(frozen=True)
-class Settings:
+class Settings(_Derived):
     """What the AnoCLIP pipeline computes. Defaults reproduce the official code (MVTec)."""
 
     # --- encoder (§2.1, §2.2)
@@ -181,45 +229,6 @@ class Settings:
     """"none": square resize (MVTec). "two_tile"/"auto" (auto: only non-square inputs):
     VisA tiles along the longer side, stitched back to the original aspect."""
 
-    def __post_init__(self) -> None:
-        _validate(self)
-
-    def token_layers(self, depth: int) -> tuple[int, ...]:
-        """The 1-based layers whose V-V tokens are scored, for a tower of `depth` blocks."""
-        layers = (depth,) if self.token_mode == "anovl" else self.layers
-        bad = [x for x in layers if not self.vv_start_layer <= x <= depth]
-        if bad:
-            _fail(
-                f"layers {bad} are outside [{self.vv_start_layer}, {depth}] "
-                f"(vv_start_layer={self.vv_start_layer}, tower depth {depth})"
-            )
-        return tuple(layers)
-
-    @property
-    def patch_scorer(self) -> bool:
-        """Whether the patch scorer runs even without a bank: a timm visual backbone, or
-        fusion="visual" (otherwise only a bank brings it in; visual_branch.uses_patch_scorer)."""
-        return self.visual_backbone != CLIP_VISUAL or self.fusion == "visual"
-
-    def ref_tokens(self, depth: int, patch_scorer: bool = False) -> tuple[str, tuple[int, ...]]:
-        """(features, 1-based layers) of the visual-branch CLIP tokens, "auto" resolved: the
-        token path -> ("vv", (depth,)); the patch scorer -> ("ori", quarter-depth blocks)."""
-        features = self.ref_features
-        if features == "auto":
-            features = "ori" if patch_scorer else "vv"
-        layers = self.ref_layers
-        if not layers:
-            layers = quarter_layers(depth) if patch_scorer else (depth,)
-        low = self.vv_start_layer if features == "vv" else 1
-        bad = [x for x in layers if not low <= x <= depth]
-        if bad:
-            _fail(f"ref_layers {bad} are outside [{low}, {depth}]")
-        return features, tuple(layers)
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
 
 def quarter_layers(depth: int) -> tuple[int, ...]:
     """The blocks at each quarter of the depth (12 -> 3, 6, 9, 12; 24 -> 6, 12, 18, 24)."""
@@ -238,13 +247,10 @@ def _validate(self: Settings) -> None:
                 stacklevel=4,
             )
             object.__setattr__(self, f.name, new)
-        allowed = _CHOICES.get(f.name)
-        value = getattr(self, f.name)
-        if f.name == "patch_grid" and isinstance(value, int) and not isinstance(value, bool):
-            _check(value >= 1, "patch_grid as a stride must be >= 1")
-        elif allowed is not None and value not in allowed:
-            also = " or a stride in input pixels" if f.name == "patch_grid" else ""
-            _fail(f"{f.name}={value!r}; choose one of {', '.join(allowed)}{also}")
+        _check_choice(f.name, getattr(self, f.name), field_kinds()[f.name])
+    _check(
+        not _is_int(self.patch_grid) or self.patch_grid >= 1, "patch_grid as a stride must be >= 1"
+    )
     _check(self.vv_start_layer >= 1, "vv_start_layer must be >= 1")
     _check(len(self.layers) > 0 and all(x >= 1 for x in self.layers), "layers must be >= 1")
     _check(self.temperature > 0, "temperature must be > 0")
@@ -309,8 +315,8 @@ class Runtime:
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(self.workers is None or self.workers >= 0, "workers must be >= 0")
-        _check(self.precision in choices(Precision), f"precision={self.precision!r}")
-        _check(self.view_engine in choices(ViewEngine), f"view_engine={self.view_engine!r}")
+        for f in fields(self):
+            _check_choice(f.name, getattr(self, f.name), field_kinds()[f.name])
         _check(
             self.precision != "int8" or self.view_engine == "fused",
             "precision='int8' needs view_engine='fused'",
@@ -329,7 +335,7 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     """Keyword overrides -> (Settings fields, Runtime fields); unknown names are an error."""
     unknown = sorted(set(overrides) - set(Settings.names()) - set(Runtime.names()))
     if unknown:
-        raise UnknownSettingError(f"unknown setting(s): {', '.join(unknown)}")
+        raise unknown_settings(unknown)
     numeric = {k: v for k, v in overrides.items() if k in Settings.names()}
     runtime = {k: v for k, v in overrides.items() if k in Runtime.names()}
     return numeric, runtime
@@ -339,6 +345,105 @@ def apply(settings: Settings, runtime: Runtime, **overrides: Any) -> tuple[Setti
     """Both records with keyword overrides applied (each name goes where it belongs)."""
     numeric, run = split_overrides(overrides)
     return replace(settings, **numeric), replace(runtime, **run)
+
+
+# ----------------------------------------------------------------------------- text form
+# Each field's annotation says how its text (`--set KEY=VALUE`) is read and which words it
+# allows: Literal -> the word itself (checked against the Literal by the record), int,
+# float, bool (true/false, 1/0, yes/no), tuple[int, ...] ("3,6,9"), and unions of them
+# (`X | None`: "none" -> None; `Literal[...] | int`: a number, else a word).
+
+
+@functools.cache
+def field_kinds() -> dict[str, Any]:
+    """Field name -> its resolved annotation, for :class:`Settings` and :class:`Runtime`."""
+    return {**get_type_hints(Settings), **get_type_hints(Runtime)}
+
+
+def parse_setting(pair: str) -> tuple[str, Any]:
+    """`KEY=VALUE` text -> (field name, value read by the field's annotation); dashes in
+    KEY read as underscores. Ranges and choices are checked when the record is built."""
+    key, sep, raw = pair.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep:
+        raise UsageError("expected KEY=VALUE")
+    kind = field_kinds().get(key)
+    if kind is None:
+        raise unknown_settings([key])
+    return key, read_value(kind, raw.strip())
+
+
+def read_value(kind: Any, raw: str) -> Any:
+    """Text -> a value of the annotated type `kind` (UsageError naming the type otherwise)."""
+    members = _members(kind)
+    if type(None) in members and raw.lower() == "none":
+        return None
+    # numbers before words: "12" is a stride, "finest" a layer's grid
+    for member in sorted(members, key=lambda m: m is str or get_origin(m) is Literal):
+        try:
+            return _read_one(member, raw)
+        except ValueError:
+            continue
+    raise UsageError(f"not a valid {_kind_name(kind)}")
+
+
+def _read_one(kind: Any, raw: str) -> Any:
+    """Text -> one non-union type; ValueError when it does not read as one."""
+    if kind is str or get_origin(kind) is Literal:
+        return raw
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(raw)
+        return raw.lower() in ("true", "1", "yes")
+    if kind in (int, float):
+        return kind(raw)
+    if get_origin(kind) is tuple:
+        return tuple(_read_one(get_args(kind)[0], x.strip()) for x in raw.split(",") if x.strip())
+    raise ValueError(f"no text form for {kind}")
+
+
+def unknown_settings(names: Iterable[str]) -> UnknownSettingError:
+    """The error naming unknown settings and the nearest known names (not all of them)."""
+    names = list(names)
+    known = list(field_kinds())
+    close = dict.fromkeys(m for n in names for m in difflib.get_close_matches(n, known, n=3))
+    hint = (f"; did you mean {', '.join(close)}?" if close
+            else "; the names are the fields of anoclip.Settings and anoclip.Runtime")  # fmt: skip
+    what = "setting" if len(names) == 1 else "settings"
+    return UnknownSettingError(f"unknown {what}: {', '.join(names)}{hint}")
+
+
+def _check_choice(name: str, value: Any, kind: Any) -> None:
+    """A field whose annotation holds a Literal: one of its words, or a number where the
+    annotation also allows an int (`Literal[...] | int`)."""
+    members = _members(kind)
+    words = [w for m in members if get_origin(m) is Literal for w in get_args(m)]
+    if not words or value in words or (int in members and _is_int(value)):
+        return
+    also = " or an integer" if int in members else ""
+    _fail(f"{name}={value!r}; choose one of {', '.join(words)}{also}")
+
+
+def _members(kind: Any) -> tuple[Any, ...]:
+    """The types of a union annotation (`A | B`), or the annotation alone."""
+    return get_args(kind) if get_origin(kind) in (Union, types.UnionType) else (kind,)
+
+
+def _kind_name(kind: Any) -> str:
+    """How an annotation reads in an error: "int", "float or none", "list of int (3,6,9)"."""
+    names = []
+    for m in _members(kind):
+        if m is type(None):
+            names.append("none")
+        elif get_origin(m) is tuple:
+            names.append(f"comma-separated list of {_kind_name(get_args(m)[0])}")
+        else:
+            names.append(getattr(m, "__name__", str(m)))
+    return " or ".join(names)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def fingerprint(settings: Settings, **identity: Any) -> dict[str, Any]:
@@ -419,31 +524,6 @@ def ref_count(mode: Mode, refs: int | str | None) -> RefCount:
     if isinstance(refs, bool) or not isinstance(refs, int) or refs < 1:
         raise UsageError(f"refs must be a positive integer or 'all', got {refs!r}")
     return refs
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    name: choices(kind)
-    for name, kind in {
-        "token_mode": TokenMode,
-        "class_names": ClassNames,
-        "domain": Domain,
-        "text_ensemble": TextEnsemble,
-        "text_tokens": TextTokens,
-        "image_score": ImageScore,
-        "adapter": AdapterKind,
-        "noise_mode": NoiseMode,
-        "tiling": Tiling,
-        "pairing": Pairing,
-        "ref_agg": RefAgg,
-        "ref_filter": RefFilter,
-        "ref_features": RefFeatures,
-        "fusion": Fusion,
-        "patch_grid": PatchGrid,
-        "layer_fusion": LayerFusion,
-        "bank_combine": BankCombine,
-        "bank_search": BankSearch,
-    }.items()
-}
 
 
 def _fail(message: str) -> None:

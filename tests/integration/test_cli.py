@@ -131,3 +131,11 @@ def test_empty_folder_is_one_line_error(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert err.startswith("anoclip: error: no images found") and "\n" not in err
+
+
+def test_unknown_setting_names_the_nearest_keys(tmp_path, capsys):
+    args = ["detect", str(tmp_path), "--object", "screw", "--out", str(tmp_path / "o")]
+    assert main([*args, "--set", "temperatur=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anoclip: error: --set 'temperatur=1'") and "\n" not in err
+    assert "temperature" in err and len(err) < 200

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from anoclip.cli.app import build_parser
+from anoclip.cli import build_parser
 from anoclip.errors import AnoclipError, UnknownSettingError, UsageError
 from anoclip.settings import (
     Mode,
@@ -20,6 +20,7 @@ from anoclip.settings import (
     choices,
     differing_fields,
     fingerprint,
+    parse_setting,
     quarter_layers,
     ref_count,
 )
@@ -131,3 +132,55 @@ def test_embedded_weights_are_the_installed_package_file():
         folder = Path(next(iter(spec.submodule_search_locations)))
         assert found == str(folder / "models" / "efficientnet-lite0-57934424.pth")
     assert embedded_weights("timm:resnet18") is None
+
+
+@pytest.mark.parametrize(
+    "pair,want",
+    [
+        ("patch_grid=12", ("patch_grid", 12)),  # Literal[...] | int: a number...
+        ("patch_grid=finest", ("patch_grid", "finest")),  # ...else a word
+        ("layers=3, 6,9", ("layers", (3, 6, 9))),  # tuple[int, ...]
+        ("rscin=no", ("rscin", False)),  # bool
+        ("temperature=0.07", ("temperature", 0.07)),  # float
+        ("synth_textures=none", ("synth_textures", None)),  # str | None
+        ("workers=2", ("workers", 2)),  # Runtime's int | None
+        ("view-engine=open_clip", ("view_engine", "open_clip")),  # dashes read as underscores
+    ],
+)
+def test_text_is_read_by_the_fields_annotation(pair, want):
+    assert parse_setting(pair) == want
+
+
+@pytest.mark.parametrize(
+    "pair,words",
+    [
+        ("tta_steps=1.5", "not a valid int"),
+        ("rscin=maybe", "not a valid bool"),
+        ("layers=3,x", "not a valid comma-separated list of int"),
+        ("workers=two", "not a valid int or none"),
+        ("temperature", "expected KEY=VALUE"),
+    ],
+)
+def test_text_that_does_not_read_is_a_usage_error(pair, words):
+    with pytest.raises(UsageError, match=words):
+        parse_setting(pair)
+
+
+def test_choices_are_checked_by_the_record():
+    """A word is read as given; the record refuses it against the Literal (and keeps the
+    deprecated spellings working)."""
+    key, value = parse_setting("patch_grid=middle")
+    with pytest.raises(UsageError, match="patch_grid='middle'; choose one of coarsest, finest"):
+        Settings(**{key: value})
+    with pytest.warns(DeprecationWarning):
+        assert Settings(**dict([parse_setting("token_mode=reference")])).token_mode == "anovl"
+
+
+def test_unknown_names_list_the_nearest_few():
+    with pytest.raises(UnknownSettingError) as info:
+        parse_setting("temperatur=1")
+    message = str(info.value)
+    assert "did you mean" in message and "temperature" in message
+    assert "vv_start_layer" not in message and len(message) < 200
+    with pytest.raises(UnknownSettingError, match="fields of anoclip.Settings"):
+        parse_setting("xyzzy=1")

@@ -42,14 +42,14 @@ from open_clip.model import (
 )
 
 from anoclip.clip import towers
+from anoclip.clip.catalog import check_model, check_pretrained
 from anoclip.data.tensor_files import TensorFileError, load_tensors
-from anoclip.errors import BackboneError, WeightsUnavailableError, close_names
+from anoclip.errors import BackboneError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
-_NONE_TAGS = ("", "none", "random")
 _PROBE_TIMEOUT_S = 2.0
 
 
@@ -113,15 +113,15 @@ def load_backbone(
     """
     dev = resolve_device(device)
     pretrained = (pretrained or "none").strip()
-    is_config = model.endswith(".json") or Path(model).is_file()
+    is_config = check_model(model, open_clip.list_models())
     if is_config:
         cfg_dict, tokenizer, name = _read_config(Path(model))
     else:
-        _check_model_name(model)
         name, cfg_dict, tokenizer = model, None, open_clip.get_tokenizer(model)
     mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    random_weights = pretrained.lower() in _NONE_TAGS
+    weights = check_pretrained(pretrained, is_config)
+    random_weights = weights == "none"
     checkpoint: str | None = None
     quick_gelu = False
     if random_weights:
@@ -132,15 +132,8 @@ def load_backbone(
             stacklevel=2,
         )
         pretrained = "none"
-    elif Path(pretrained).is_file():
+    elif weights == "file":
         checkpoint = pretrained
-    elif _looks_like_path(pretrained):
-        raise BackboneError(f"checkpoint file not found: {pretrained}")
-    elif is_config:
-        raise BackboneError(
-            f"pretrained tag {pretrained!r} needs an open_clip model name, not a config file; "
-            "pass a checkpoint file with --pretrained PATH"
-        )
     else:
         cfg = open_clip.get_pretrained_cfg(name, pretrained)
         if not cfg:
@@ -208,23 +201,6 @@ def _no_random_init_notice() -> Iterator[None]:
         yield
     finally:
         logging.getLogger().removeFilter(notice)
-
-
-def _looks_like_path(value: str) -> bool:
-    return (
-        os.sep in value or "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
-    )
-
-
-def _check_model_name(model: str) -> None:
-    known = open_clip.list_models()
-    if model in known:
-        return
-    close = close_names(model, known)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise BackboneError(
-        f"unknown model {model!r}: not an open_clip model name nor a config JSON file.{hint}"
-    )
 
 
 def _read_config(path: Path) -> tuple[dict, Any, str]:

@@ -148,7 +148,7 @@ def _refuse_results(path: Path, out_dir: Path | None) -> None:
 def is_anoclip_run(path: Path) -> bool:
     """Whether `path` is a run.json that anoclip wrote: a JSON object whose "anoclip" key
     is the version string and which holds the run's "fingerprint"
-    (:func:`anoclip.cli.app.run_header` writes both first)."""
+    (:func:`anoclip.cli.run_folder.run_header` writes both first)."""
     try:
         if not path.is_file() or path.stat().st_size > _RUN_INFO_MAX_BYTES:
             return False

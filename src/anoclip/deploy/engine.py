@@ -237,10 +237,12 @@ class Engine(EngineRunner):
         settings_id: Mapping[str, Any] | None = None,
         progress: bool = False,
         bank: object = None,
+        normals_are_bank: bool = False,
     ) -> Threshold:
         """Decision thresholds from known-good images, as :meth:`Detector.calibrate` (the
-        same estimators, maps at model resolution) on this file's scores."""
-        _check_single_image(tta, mode, refs, bank)
+        same signature, estimators and maps at model resolution) on this file's scores. An
+        exported file has no visual branch: `bank` must be None, `normals_are_bank` False."""
+        _check_single_image(tta, mode, refs, bank, normals_are_bank)
         items = normal_items(normals)
         check_calibration(len(items), false_reject, confidence)
         ident = settings_id or self.fingerprint(object_name, tta, mode, refs)
@@ -253,10 +255,14 @@ class Engine(EngineRunner):
 
 
 def _check_single_image(
-    tta: bool | str, mode: str, refs: int | str | None, bank: object = None
+    tta: bool | str,
+    mode: str,
+    refs: int | str | None,
+    bank: object = None,
+    normals_are_bank: bool = False,
 ) -> None:
     """An exported file scores each image alone, without TTA or a bank of normal patches."""
-    if bank is not None:
+    if bank is not None or normals_are_bank:
         raise UsageError("an exported engine has no visual branch: pass no bank")
     if tta not in (False, None, "none"):
         raise UsageError("an exported engine scores without TTA; pass tta=False (--no-tta)")

@@ -57,10 +57,10 @@ from anoclip.decide.unlabeled import MIN_UNLABELED
 from anoclip.errors import AnoclipWarning, ResultFolderError
 from anoclip.records import Failure, Prediction
 from anoclip.results import report
+from anoclip.results.commit_log import SCORES, holds_results
 from anoclip.results.overlays import calibrated_scale, overlay, png_info
 from anoclip.threshold import Threshold, decide, ratio
 
-SCORES = "scores.csv"
 BASE_COLUMNS = ("source", "name", "score", "width", "height")
 DECISION_COLUMNS = ("decision", "score/threshold", "threshold_method")
 SCORE_COLUMNS = BASE_COLUMNS + DECISION_COLUMNS
@@ -191,7 +191,8 @@ class ResultWriter:
 
 
 def check_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Never truncate earlier results unless told to; resume only this version's columns."""
+    """Never truncate earlier results (finished rows) unless told to; resume only this
+    version's columns."""
     scores = out / SCORES
     if not (scores.is_file() and scores.stat().st_size > 0):
         return
@@ -200,7 +201,7 @@ def check_folder(out: Path, resume: bool, overwrite: bool) -> None:
             f"{scores} has columns {', '.join(_header(scores))}, not those of this anoclip "
             "version; use another folder or --overwrite"
         )
-    if not resume and not overwrite:
+    if not resume and not overwrite and holds_results(out):
         raise ResultFolderError(f"{out} holds earlier results; --overwrite")
 
 
