@@ -46,35 +46,20 @@ from anoclip.settings import Mode, RefCount, Runtime, Settings, ref_count, tta_k
 SET_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
 
 
-class Pipeline:
-    """One loaded model and its data path (see the module docstring). backbone None: no
-    CLIP model (fusion="visual" on a timm backbone, :func:`needs_clip`)."""
+class ClipParts:
+    """The CLIP model's part of the data path (none without a CLIP model): the backbone,
+    the text embeddings per object, the 21 views' tower and the encode step."""
 
-    def __init__(
-        self, backbone: Backbone | None, settings: Settings, runtime: Runtime, seed: int
-    ) -> None:
-        self.backbone, self.settings, self.runtime, self.seed = backbone, settings, runtime, seed
-        self._device = backbone.device if backbone else resolve_device(runtime.device)
-        check_precision(self._device, runtime.precision)
-        self.encoder = None
-        if backbone is not None:
-            settings.token_layers(backbone.depth)  # validates layers early
-            self.encoder = VVEncoder(backbone.model.visual, settings.vv_start_layer)
-        self.visual = VisualSource(settings, backbone, self.encoder, self._device)
-        self._preparer = preparer(backbone, self.visual, settings)
-        self._text = TextCache()
-        self._adam_carry: dict[str, AdamState] = {}  # AnoVL quirk mode only
-        self._textures = Textures(settings.synth_textures)
-        self._plain_forward: PlainForward | None = None  # built on first use
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def image_size(self) -> int:
-        """S: the model resolution the maps are made at (CLIP's input, else the visual one)."""
-        return self._preparer.size
+    backbone: Backbone | None
+    encoder: VVEncoder | None
+    settings: Settings
+    runtime: Runtime
+    seed: int
+    device: torch.device
+    _text: TextCache
+    _adam_carry: dict[str, AdamState]  # AnoVL quirk mode only
+    _textures: Textures
+    _plain_forward: PlainForward | None  # built on first use
 
     @property
     def clip(self) -> Backbone:
@@ -99,6 +84,52 @@ class Pipeline:
         name = prompt_name(object_name, s.class_names)
         texture = is_texture(object_name, s.domain)
         return self._text.get(self.clip, name, texture, s.text_ensemble, s.text_tokens)
+
+    def encode(
+        self,
+        samples: Sequence[Sample],
+        bank: TextBank,
+        tta: bool | str = True,
+        *,
+        refs: bool = False,
+        overrides: TTAOverrides | None = None,
+    ) -> Features | None:
+        """Encoder, text branch and TTA for the tiles of `samples` (None for no samples)."""
+        if not samples:
+            return None
+        kind = tta_kind(tta)
+        carry = None
+        if not self.settings.reset_optimizer_state:
+            carry = self._adam_carry.setdefault(f"{bank.name}|{kind}", AdamState([], []))
+        assert self.encoder is not None, "no CLIP model"
+        return encode(
+            self.clip, self.encoder, tiles_of(samples, self.device), bank, self.settings,
+            seed=self.seed, tta=kind, precision=self.runtime.precision, refs=refs,
+            overrides=overrides, carry=carry, textures=self._textures, plain=self._plain(),
+        )  # fmt: skip
+
+
+class Pipeline(ClipParts):
+    """One loaded model and its data path (see the module docstring). backbone None: no
+    CLIP model (fusion="visual" on a timm backbone, :func:`needs_clip`)."""
+
+    def __init__(
+        self, backbone: Backbone | None, settings: Settings, runtime: Runtime, seed: int
+    ) -> None:
+        self.backbone, self.settings, self.runtime, self.seed = backbone, settings, runtime, seed
+        self.device = backbone.device if backbone else resolve_device(runtime.device)
+        check_precision(self.device, runtime.precision)
+        self.encoder = None
+        if backbone is not None:
+            settings.token_layers(backbone.depth)  # validates layers early
+            self.encoder = VVEncoder(backbone.model.visual, settings.vv_start_layer)
+        self.visual = VisualSource(settings, backbone, self.encoder, self.device)
+        self._preparer = preparer(backbone, self.visual, settings)
+        self.image_size = self._preparer.size  # S: the maps' model resolution
+        self._text = TextCache()
+        self._adam_carry: dict[str, AdamState] = {}  # AnoVL quirk mode only
+        self._textures = Textures(settings.synth_textures)
+        self._plain_forward: PlainForward | None = None  # built on first use
 
     def prepare(self, item: ImageInput, index: int = 0) -> Sample:
         """Decode and preprocess one input (raises :class:`ImageDecodeError`)."""
@@ -154,29 +185,6 @@ class Pipeline:
         if self.settings.fusion != "visual":
             text = partial(self.encode, bank=self.text_bank(object_name), tta=tta)
         return PatchScorer(self.visual, context, object_name, bank, text)
-
-    def encode(
-        self,
-        samples: Sequence[Sample],
-        bank: TextBank,
-        tta: bool | str = True,
-        *,
-        refs: bool = False,
-        overrides: TTAOverrides | None = None,
-    ) -> Features | None:
-        """Encoder, text branch and TTA for the tiles of `samples` (None for no samples)."""
-        if not samples:
-            return None
-        kind = tta_kind(tta)
-        carry = None
-        if not self.settings.reset_optimizer_state:
-            carry = self._adam_carry.setdefault(f"{bank.name}|{kind}", AdamState([], []))
-        assert self.encoder is not None, "no CLIP model"
-        return encode(
-            self.clip, self.encoder, tiles_of(samples, self.device), bank, self.settings,
-            seed=self.seed, tta=kind, precision=self.runtime.precision, refs=refs,
-            overrides=overrides, carry=carry, textures=self._textures, plain=self._plain(),
-        )  # fmt: skip
 
 
 def preparer(backbone: Backbone | None, visual: VisualSource, settings: Settings) -> Preparer:

@@ -151,8 +151,8 @@ class NormalBank:
     def build(
         cls, features: Mapping[Key, torch.Tensor], meta: BankMeta, glob: torch.Tensor | None = None
     ) -> NormalBank:
-        """From patch features {(l, r): `[B, L, C_l]`} of B normal images (and their global
-        features `[B, D]`, for :mod:`anoclip.references.familiarity`)."""
+        """From patch features {(l, r): `[B, L, C_l]`} of B normal images, and their global
+        features `[B, D]` (:mod:`anoclip.references.familiarity`)."""
         keys, want = sorted(features), meta.keys()
         if keys != want:
             raise BankError(f"bank features {keys} do not match the metadata's {want}")
@@ -160,8 +160,7 @@ class NormalBank:
         return cls(meta, flat, glob=None if glob is None else glob.float())
 
     @property
-    def size(self) -> int:
-        """Number of normal patches per feature set."""
+    def size(self) -> int:  # normal patches per feature set
         return next(iter(self.features.values())).shape[0]
 
     @property
@@ -181,14 +180,13 @@ class NormalBank:
         return NormalBank(self.meta, {k: v[keep] for k, v in self.features.items()}, glob=glob)
 
     def add(self, features: Mapping[Key, torch.Tensor], glob: torch.Tensor | None = None) -> None:
-        """Append the patches of more normal images {(l, r): `[B, L, C_l]`} (and their
-        global features `[B, D]`; without them the bank's are dropped)."""
+        """Append the patches of more normal images {(l, r): `[B, L, C_l]`} (and their global
+        features `[B, D]`; without them the bank's are dropped)."""
         if sorted(features) != sorted(self.features):
             raise BankError("added features do not have the bank's (layer, radius) sets")
         for k, v in features.items():
             self.features[k] = torch.cat([self.features[k], v.reshape(-1, v.shape[-1]).float()])
-        both = self.glob is not None and glob is not None
-        self.glob = torch.cat([self.glob, glob.float()]) if both else None  # type: ignore[list-item]
+        self.glob = None if self.glob is None or glob is None else torch.cat([self.glob, glob])
         self._indexes.clear()
 
     def scores(
