@@ -34,7 +34,7 @@ from anoclip.pipeline import Pipeline
 from anoclip.records import Failure, Prediction
 from anoclip.references.bank import NormalBank
 from anoclip.references.familiarity import unfamiliar_message
-from anoclip.references.patch_scorer import bank_from, needs_clip
+from anoclip.references.patch_scorer import bank_from
 from anoclip.settings import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -187,7 +187,7 @@ class Detector(KnownGood):
         if num_workers is not None:
             overrides["workers"] = num_workers
         settings, runtime = apply(settings or Settings(), runtime, **overrides)
-        if backbone is None and needs_clip(settings):
+        if backbone is None and settings.needs_clip:
             backbone = load_backbone(model, pretrained, runtime.device, cache_dir, seed=int(seed))
         super().__init__(backbone, settings, runtime, int(seed))
 

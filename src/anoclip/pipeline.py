@@ -111,7 +111,7 @@ class ClipParts:
 
 class Pipeline(ClipParts):
     """One loaded model and its data path (see the module docstring). backbone None: no
-    CLIP model (fusion="visual" on a timm backbone, :func:`needs_clip`)."""
+    CLIP model (fusion="visual" on a timm backbone, `Settings.needs_clip`)."""
 
     def __init__(
         self, backbone: Backbone | None, settings: Settings, runtime: Runtime, seed: int

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from anoclip.errors import UnknownSettingError, UsageError
+from anoclip.extras import EMBEDDED_WEIGHTS
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
@@ -91,8 +92,14 @@ class _Derived:
     @property
     def patch_scorer(self) -> bool:
         """Whether the patch scorer runs even without a bank: a timm visual backbone, or
-        fusion="visual" (otherwise only a bank brings it in; visual_branch.uses_patch_scorer)."""
+        fusion="visual" (otherwise only a bank brings it in; patch_scorer.uses_patch_scorer)."""
         return self.visual_backbone != CLIP_VISUAL or self.fusion == "visual"
+
+    @property
+    def needs_clip(self) -> bool:
+        """Whether a CLIP model computes anything: not for fusion="visual" on a timm
+        backbone (the visual references alone; no CLIP model is built then)."""
+        return not (self.fusion == "visual" and self.visual_backbone != CLIP_VISUAL)
 
     def ref_tokens(self, depth: int, patch_scorer: bool = False) -> tuple[str, tuple[int, ...]]:
         """(features, 1-based layers) of the visual-branch CLIP tokens, "auto" resolved: the
@@ -191,7 +198,8 @@ class Settings(_Derived):
     """Visual-branch features: "clip" (the CLIP model's own tokens) or "timm:<model name>"
     (a timm feature extractor, its own second input per image, weights `visual_pretrained`)."""
     visual_pretrained: str | None = None
-    """Local checkpoint file of a timm visual backbone (never downloaded)."""
+    """Local checkpoint file of a timm visual backbone (never downloaded); None: the weights
+    installed with anoclip, for the backbones that have them (timm:tf_efficientnet_lite0)."""
     visual_size: int = 0
     """Square input side of a timm visual backbone; 0: its pretrained config's."""
     visual_strides: tuple[int, ...] = (4, 8, 16, 32)
@@ -275,8 +283,11 @@ def _validate_visual(self: Settings) -> None:
         f"visual_backbone={vb!r}; use clip or timm:<model name>",
     )
     _check(
-        not timm or bool(self.visual_pretrained),
-        f"visual_backbone={vb} needs visual_pretrained=FILE",
+        not timm
+        or bool(self.visual_pretrained)
+        or vb.removeprefix(TIMM_PREFIX) in EMBEDDED_WEIGHTS,
+        f"visual_backbone={vb} needs visual_pretrained=FILE (weights ship only for "
+        f"{', '.join(TIMM_PREFIX + n for n in EMBEDDED_WEIGHTS)})",
     )
     _check(
         timm or not self.visual_pretrained, "visual_pretrained needs visual_backbone=timm:<name>"

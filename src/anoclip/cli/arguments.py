@@ -68,10 +68,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_mode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mode",
-        default="anoclip",
+        default=None,
         choices=choices(Mode),
         help="anoclip: each image alone; dual: images in pairs, each the reference of the "
-        "other; mutual: each image against --refs others (all inputs form one set)",
+        "other; mutual: each image against --refs others (all inputs form one set). Default "
+        "anoclip; with --normal and a visual backbone, and at least 10 inputs: mutual over "
+        "all inputs with the known-good images as a bank",
     )
     p.add_argument("--refs", default=None, help="mutual mode: references per image, k or 'all'")
     p.add_argument(

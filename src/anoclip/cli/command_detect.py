@@ -48,6 +48,8 @@ from anoclip.data.listing import expand_inputs, output_names
 from anoclip.errors import UsageError
 from anoclip.settings import fingerprint
 
+MAP_SIDE = 512  # default longest side of written maps (--max-map-side)
+
 
 def add_detect_command(sub: Any) -> None:
     """The `detect` subcommand and its options."""
@@ -65,8 +67,15 @@ def add_detect_command(sub: Any) -> None:
     det.add_argument(
         "--max-map-side",
         type=int,
-        default=2048,
-        help="longest side of the written maps in pixels (default 2048; 0: the image's size)",
+        default=None,
+        help=f"longest side of the written maps and overlays in pixels (default {MAP_SIDE}; "
+        "0: the image's size)",
+    )
+    det.add_argument(
+        "--full-maps",
+        action="store_true",
+        help="keep maps/NAME.npy in float32 at the image's size (default: float16, at most "
+        f"{MAP_SIDE} px: under 1 MB per image with its overlay)",
     )
     add_decision_args(det)
     add_visual_args(det)
@@ -76,8 +85,8 @@ def add_detect_command(sub: Any) -> None:
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    plan = Plan(args)
     paths = detect_inputs(args)
+    plan = Plan(args, inputs=len(paths))
     engine = engine_plan(args, plan.settings, plan.runtime)
     ray = ray_plan(args)
     if (engine is not None or ray is not None) and (plan.settings.patch_scorer or plan.bank.used):
@@ -89,7 +98,7 @@ def run_detect(args: argparse.Namespace) -> int:
         plan.tta = "none"
     finger = detect_fingerprint(args, plan, engine, ray)
     thr_id = threshold_id(finger)
-    decisions = plan_decisions(args, thr_id)
+    decisions = plan_decisions(args, thr_id, plan.normals_as_bank)
     out = Path(args.out)
     check_output_folder(out, args.resume, args.overwrite, finger)
     decisions = resumed_decisions(decisions, out, args.resume, thr_id)
@@ -107,7 +116,8 @@ def run_detect(args: argparse.Namespace) -> int:
     base = engine_run_info(args, engine, det, finger) if engine else run_info(args, det, finger)
     info = {**base, "decisions": decisions.describe()}
     with ResultWriter(out, resume=args.resume, overwrite=args.overwrite,
-                      overlays=not args.no_overlay, threshold=threshold) as writer:  # fmt: skip
+                      overlays=not args.no_overlay, threshold=threshold,
+                      map_dtype="float32" if args.full_maps else "float16") as writer:  # fmt: skip
         writer.write_run_info(info)
         count, skipped, modes = score_all(writer, det, args, plan, paths, bank)
         errors = writer.num_errors
@@ -123,11 +133,13 @@ def run_detect(args: argparse.Namespace) -> int:
 def detect_inputs(args: argparse.Namespace) -> list[Path]:
     """The validated images of `anoclip detect` (and its other plain options)."""
     check_object(args.object)
+    if args.max_map_side is None:
+        args.max_map_side = 0 if args.full_maps else MAP_SIDE
     if args.max_map_side < 0:
         raise UsageError("--max-map-side must be >= 0")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
-    paths = expand_inputs(args.inputs)
+    paths = expand_inputs(args.inputs, out=args.out)
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}")
     return paths
@@ -140,7 +152,7 @@ def detect_fingerprint(
     identity; an --engine file's own fingerprint and metadata; --ray's fixed references."""
     if engine is not None:
         return engine.fingerprint(args.max_map_side)
-    model, pretrained = model_identity(args)
+    model, pretrained = model_identity(args, plan.settings)
     finger = fingerprint(
         plan.settings, model=model, pretrained=pretrained, seed=plan.seed, object=args.object,
         mode=args.mode, refs=plan.refs, tta=plan.tta, max_map_side=args.max_map_side,
@@ -182,9 +194,9 @@ def score_all(
 def run_info(args: argparse.Namespace, det: Any, finger: dict) -> dict:
     return {
         **run_header(finger),
-        "model": det.backbone.name,
-        "pretrained": det.backbone.pretrained,
-        "random_weights": det.backbone.random_weights,
+        "model": det.model_name,
+        "pretrained": det.weights,
+        "random_weights": det.random_weights,
         "seed": det.seed,
         "object": getattr(args, "object", None),
         "mode": args.mode,

@@ -32,13 +32,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return args.func(args)
         except KeyboardInterrupt:
-            print("anoclip: interrupted; finished results are kept", file=sys.stderr)
+            print(interrupted(args), file=sys.stderr)
             return 130
         except (AnoclipError, OSError) as exc:
             if args.debug:
                 traceback.print_exc()
             print(f"anoclip: error: {one_line(exc)}", file=sys.stderr)
             return 2
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C keeps: detect counts its finished rows (none, in a set mode that had not
+    finished encoding); evaluate keeps its finished categories."""
+    if args.command != "detect":
+        return "anoclip: interrupted; finished results are kept"
+    from anoclip.results.writer import interrupted_message
+
+    return interrupted_message(args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:

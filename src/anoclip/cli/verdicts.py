@@ -34,7 +34,8 @@ class Decisions:
     """Where `anoclip detect` gets its ok / defect threshold, settled before the stack loads.
 
     source: "normal" (calibrate on `normals`), "file" (--threshold), "folder" (a resumed
-    folder's own calibrated threshold.json) or "unsupervised" (decided at the end).
+    folder's own calibrated threshold.json) or "unsupervised" (decided at the end; with
+    `bank_normals` known-good images as the set's bank, :func:`~anoclip.cli.plan.default_mode`).
     threshold: the :class:`~anoclip.decide.calibrate.Threshold` when known before scoring.
     """
 
@@ -43,12 +44,15 @@ class Decisions:
     false_reject: float | None = None
     threshold: Any = None
     file: Path | None = None
+    bank_normals: int = 0
 
     def describe(self) -> dict[str, Any]:
         """For run.json."""
         out: dict[str, Any] = {"threshold": self.source}
         if self.normals:
             out.update(normals=len(self.normals), false_reject=self.false_reject)
+        if self.bank_normals:
+            out["normals_as_bank"] = self.bank_normals
         if self.file is not None:
             out["threshold_file"] = str(self.file.resolve())
         return out
@@ -62,8 +66,11 @@ def threshold_id(finger: dict) -> dict:
     return {k: v for k, v in finger.items() if k not in ("max_map_side", "engine")}
 
 
-def plan_decisions(args: argparse.Namespace, thr_id: dict) -> Decisions:
-    """--normal / --false-reject / --threshold -> Decisions (validated, no torch)."""
+def plan_decisions(
+    args: argparse.Namespace, thr_id: dict, normals_as_bank: bool = False
+) -> Decisions:
+    """--normal / --false-reject / --threshold -> Decisions (validated, no torch);
+    `normals_as_bank`: the --normal images are the set's bank, the set decides."""
     alpha = false_reject_arg(args.false_reject)
     if args.normal and args.threshold:
         raise UsageError(
@@ -80,6 +87,11 @@ def plan_decisions(args: argparse.Namespace, thr_id: dict) -> Decisions:
     from anoclip.decide.calibrate import MIN_NORMALS
 
     normals = expand_inputs(args.normal)
+    if normals_as_bank:
+        if args.false_reject is not None:
+            raise UsageError("--false-reject needs --mode anoclip here: the --normal images "
+                             "are the set's bank and the set's own bounds decide")  # fmt: skip
+        return Decisions(bank_normals=len(normals))
     if len(normals) < MIN_NORMALS:
         raise UsageError(
             f"--normal {' '.join(args.normal)}: {len(normals)} image(s), need at least "
@@ -143,16 +155,19 @@ def calibrate_on_normals(
 
 
 def decision_summary(rows: Sequence[dict], threshold: Any) -> str:
-    """'3 defect, 9 ok (threshold 0.51, normal: 4 known-good images, ...)' for the log."""
+    """'3 defect, 2 review, 9 ok (defect above 0.51, review above 0.44, normal: ...)'."""
     if threshold is None:
         return "no decisions"
-    defect = sum(r["decision"] == "defect" for r in rows)
+    count = {d: sum(r["decision"] == d for r in rows) for d in ("defect", "review", "ok")}
     how = threshold.method
     if not threshold.unsupervised:
         n, alpha = threshold.inputs.get("n_normal"), threshold.inputs.get("false_reject")
         how += f" from {n} known-good images, target false-reject rate {alpha}"
-    t = threshold.image_threshold
-    return f"{defect} defect, {len(rows) - defect} ok (threshold {t:.6g}, {how})"
+    bounds = f"defect above {threshold.image_threshold:.3g}"
+    if threshold.review_threshold is not None:
+        bounds += f", review above {threshold.review_threshold:.3g}"
+    counts = ", ".join(f"{v} {k}" for k, v in count.items())
+    return f"{counts} ({bounds}, {how})"
 
 
 def print_done(
@@ -175,9 +190,9 @@ def print_done(
     )
     if final is not None and final.unsupervised:
         warn(
-            f"decisions come from an UNSUPERVISED threshold (median + {final.inputs['k']:g}"
-            f"·1.4826·MAD of these {len(rows)} scores): no false-reject guarantee, and it "
-            "misses defects unless they are a minority; pass --normal DIR of known-good images"
+            f"decisions come from the set itself (the mode of these {len(rows)} scores and "
+            "their spread below it): no false-reject guarantee, and it assumes most images "
+            "are good; review the 'review' band, or pass --normal DIR of known-good images"
         )
 
 

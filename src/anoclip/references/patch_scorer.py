@@ -67,12 +67,6 @@ from anoclip.references.token_scorer import ScoringContext, kept, score_each
 from anoclip.settings import CLIP_VISUAL, RefCount, Settings
 
 
-def needs_clip(settings: Settings) -> bool:
-    """Whether a CLIP model computes anything: not for fusion="visual" on a timm backbone
-    (the visual references alone; then no CLIP model is built at all)."""
-    return not (settings.fusion == "visual" and settings.visual_backbone != CLIP_VISUAL)
-
-
 def uses_patch_scorer(settings: Settings, bank: NormalBank | None = None) -> bool:
     """Whether the patch scorer runs (else token_scorer.py's V-V token path, unchanged)."""
     return settings.patch_scorer or bank is not None
@@ -105,7 +99,7 @@ class PatchSet:
 class VisualSource:
     """What computes the patch scorer's features: a timm backbone (its own input per image,
     `Sample.visual`) or the CLIP encoder's `ref_features` tokens of `ref_layers` (`backbone`
-    and `encoder` None: no CLIP model, :func:`needs_clip`)."""
+    and `encoder` None: no CLIP model, `Settings.needs_clip`)."""
 
     def __init__(
         self,
