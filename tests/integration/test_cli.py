@@ -56,9 +56,12 @@ def test_detect_end_to_end(inputs, tiny_config, tmp_path):
     assert len(errors) == 1 and errors[0]["source"].endswith("corrupt.png")
     assert "truncated" in errors[0]["reason"]
     for stem in ("000", "001", "002", "deep16", "alpha"):
-        m = np.load(out / "maps" / f"{stem}.npy")
-        assert m.shape == (1024, 1024) and m.dtype == np.float32
-        assert Image.open(out / "maps" / f"{stem}.png").size == (1024, 1024)
+        m = np.load(out / "maps" / f"{stem}.npy")  # default: at most 512 px, float16
+        assert m.shape == (512, 512) and m.dtype == np.float16
+        assert Image.open(out / "maps" / f"{stem}.png").size == (512, 512)
+        size = (out / "maps" / f"{stem}.npy").stat().st_size
+        size += (out / "maps" / f"{stem}.png").stat().st_size
+        assert size < 2**20  # under 1 MB per 1024² image
     assert (out / "run.json").exists()
 
     # --resume skips what is done; the corrupt file is retried and fails again
@@ -88,11 +91,13 @@ def test_clean_run_exit_zero_and_no_errors_file(mvtec, tiny_config, tmp_path):
             "none",
             "--set",
             "tta_steps=1",
+            "--full-maps",
         ]
     )
     assert code == 0
     assert not (out / "errors.csv").exists()
-    assert (out / "maps" / "000.npy").exists()
+    full = np.load(out / "maps" / "000.npy")  # --full-maps: float32 at the image's size
+    assert full.shape == (1024, 1024) and full.dtype == np.float32
 
 
 @pytest.mark.parametrize(

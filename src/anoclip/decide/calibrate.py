@@ -113,7 +113,7 @@ Unsupervised rule
 
 Without known-good images, both bounds come from the unlabeled set itself
 (:mod:`anoclip.decide.unlabeled`): its half-sample mode c and the spread σ_L of the scores
-below it give t_r = c + 2σ_L and t_d = c + 4σ_L. The pixel bounds apply the same rule to the
+below it give t_r = c + 1.75σ_L and t_d = c + 4σ_L. The pixel bounds apply the same rule to the
 per-image q-quantiles of the maps. Such thresholds are flagged ``unsupervised`` everywhere
 they are shown.
 """

@@ -86,7 +86,7 @@ def decide_all(
     """`predictions` with `decision` / `ratio` filled (copies, same order).
 
     threshold: a Threshold or float t ("defect" ⟺ score > t), or "unsupervised": the review
-    and defect bounds c + 2σ_L, c + k·σ_L of these predictions' scores and the same rule
+    and defect bounds c + 1.75σ_L, c + k·σ_L of these predictions' scores and the same rule
     over the per-image map maxima (:mod:`anoclip.decide.unlabeled`; needs ≥ 3 predictions;
     the result is flagged unsupervised).
     """

@@ -587,7 +587,7 @@ def label_free_markdown(results: Sequence[CategoryResult], opts: EvalOptions) ->
         f"{opts.false_reject:g} (90 % confidence); defect ⟺ score > I-t, pixel ⟺ map > P-t; "
         "the review bound is an order statistic of the normal scores.",
         "- **unsupervised**: the test set's own scores (and map maxima): half-sample mode c "
-        "and the spread σ_L below it; review above c + 2σ_L, defect above I-t = c + 4σ_L.",
+        "and the spread σ_L below it; review above c + 1.75σ_L, defect above I-t = c + 4σ_L.",
         "- escapes: defective images called ok; flagged: good images called review or defect "
         "(the decisions a person sees); precision / recall / F1 / FRR: of defect ⟺ score > I-t.",
         "- I-F1max / P-F1max: the best F1 over all thresholds, chosen with the labels (an "

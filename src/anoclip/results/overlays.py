@@ -8,8 +8,8 @@ threshold (:func:`calibrated_scale`):
     lo = t_px_typ − Δ,  hi = t_px_typ + 3Δ
 
 so the typical normal maximum sits at v = 1/4 (faint), the pixel review bound t_px_r at
-v = 1/2 (green, mid-bar) and, for the unlabeled rule (t_px_d = t_px_typ + 2Δ), the defect
-bound at v = 3/4. Normal variation stays nearly transparent, and a defect past the bounds
+v = 1/2 (green, mid-bar) and, for the unlabeled rule (t_px_d = t_px_typ + 2.3Δ), the defect
+bound at v ≈ 0.82. Normal variation stays nearly transparent, and a defect past the bounds
 is yellow to red, on any backbone (visual-only maps span 0.06–0.29, CLIP maps
 0–1). No per-image min-max stretch, which would paint the hottest pixel of a clean image as
 red as a real defect. Without a calibrated pixel bound the scale is :data:`FIXED_SCALE`
