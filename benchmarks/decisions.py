@@ -138,6 +138,16 @@ def seen(out: Path, rows: list[dict]) -> dict[str, float]:
             "empty": empty, "flagged": flagged}  # fmt: skip
 
 
+def show(case: str, res: dict, targets: tuple[float, float]) -> None:
+    """The old and new rows of one case."""
+    t_esc, t_flag = targets
+    for rule in ("old", "new"):
+        esc, flag, gd = res[rule]
+        ok = "met" if esc <= t_esc and flag <= t_flag else "missed"
+        target = f"escapes ≤ {pct(t_esc)}, flagged ≤ {pct(t_flag)}: {ok}" if rule == "new" else ""
+        print(f"| {case} | {rule} | {pct(esc)} | {pct(flag)} | {pct(gd)} | {target} |", flush=True)
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
@@ -161,65 +171,52 @@ def main() -> None:
     test = images("transistor")
     train = DATA / "transistor" / "train" / "good"
     print(f"# decisions on real features: {cpu()}, load {os.getloadavg()[0]:.1f}\n")
-    table, times = [], {}
+    times: dict[str, float] = {}
+    good = [x for x in test if x[1] == "good"]
+    bad = [x for x in test if x[1] != "good"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        full = linked(test, tmp / "all")
-        rows, times["a"] = detect(full, tmp / "a", "--mode", "mutual", "--refs", "all")
-        table.append(
-            ("(a) mutual all, no known-good", case_rows(rows, "unsupervised"), (0.15, 0.25))
-        )
-        rows, times["b"] = detect(full, tmp / "b", "--normal", str(train))
-        old_b, times["b old"] = detect(
-            full, tmp / "b_old", "--normal", str(train), "--mode", "anoclip"
-        )
-        b = case_rows(rows, "unsupervised")
-        b["old"] = case_rows(old_b, "binary")["old"]
-        table.append(("(b) --normal train/good, default mode", b, (0.20, 0.30)))
-        rng = np.random.default_rng(0)
-        good = [x for x in test if x[1] == "good"]
-        bad = [x for x in test if x[1] != "good"]
-        per_draw = []
-        for k in range(draws):
-            pick = [bad[i] for i in rng.choice(len(bad), 6, replace=False)]
-            folder = linked(good + pick, tmp / f"c{k}")
-            rows, times[f"c{k}"] = detect(
-                folder, tmp / f"c{k}_out", "--mode", "mutual", "--refs", "all"
-            )
-            per_draw.append(case_rows(rows, "unsupervised"))
-        mean_c = {
-            rule: tuple(np.mean([d[rule] for d in per_draw], axis=0)) for rule in ("new", "old")
-        }
-        table.append((f"(c) 60 good + 6 defective, mean of {draws} draws", mean_c, (0.20, 0.15)))
-
-        print("| case | rule | escapes | flagged (review or defect) | good → defect | target |")
-        print("|---|---|---|---|---|---|")
-        for case, res, (t_esc, t_flag) in table:
-            for rule in ("old", "new"):
-                esc, flag, gd = res[rule]
-                ok = "met" if esc <= t_esc and flag <= t_flag else "missed"
-                target = f"escapes ≤ {pct(t_esc)}, flagged ≤ {pct(t_flag)}: {ok}"
-                target = target if rule == "new" else ""
-                print(f"| {case} | {rule} | {pct(esc)} | {pct(flag)} | {pct(gd)} | {target} |")
-        print(
-            f"\nwall s: (a) {times['a']:.0f}, (b) {times['b']:.0f}, old (b) {times['b old']:.0f}, "
-            f"(c) median {np.median([times[f'c{k}'] for k in range(draws)]):.0f} per draw"
-        )
-
-        by_type = {}
+        by_type: dict[str, list] = {}
         for x in bad:
             by_type.setdefault(x[1], []).append(x)
         picks = good[:12] + [x for d in sorted(by_type) for x in by_type[d][:3]]
         folder = linked(picks, tmp / "seen")
         rows, _ = detect(folder, tmp / "seen_out", "--mode", "mutual", "--refs", "all")
         s = seen(tmp / "seen_out", rows)
-        print("\n| 12 good + 12 defective transistors | value | target |")
+        print("| 12 good + 12 defective transistors | value | target |")
         print("|---|---|---|")
         print(f"| mean \\|overlay − photo\\| inside defects | {s['inside']:.1f} / 255 | ≥ 25 |")
         print(f"| mean \\|overlay − photo\\| over good images | {s['good']:.2f} / 255 | |")
         print(f"| ratio | {s['inside'] / max(s['good'], 1e-9):.0f}× | ≥ 3× |")
         print(f"| empty masks among flagged images | {s['empty']} of {s['flagged']} | 0 |")
         print(f"| mean mask IoU over flagged defects | {s['iou']:.3f} | ≥ 0.25 |")
+        print("", flush=True)
+        print("| case | rule | escapes | flagged (review or defect) | good → defect | target |")
+        print("|---|---|---|---|---|---|", flush=True)
+        full = linked(test, tmp / "all")
+        rows, times["a"] = detect(full, tmp / "a", "--mode", "mutual", "--refs", "all")
+        show("(a) mutual all, no known-good", case_rows(rows, "unsupervised"), (0.15, 0.25))
+        rows, times["b"] = detect(full, tmp / "b", "--normal", str(train))
+        old_b, times["b old"] = detect(full, tmp / "b_old", "--normal", str(train), "--mode",
+                                       "anoclip")  # fmt: skip
+        b = case_rows(rows, "unsupervised")
+        b["old"] = case_rows(old_b, "binary")["old"]
+        show("(b) --normal train/good, default mode", b, (0.20, 0.30))
+        rng = np.random.default_rng(0)
+        per_draw = []
+        for k in range(draws):
+            pick = [bad[i] for i in rng.choice(len(bad), 6, replace=False)]
+            folder = linked(good + pick, tmp / f"c{k}")
+            rows, times[f"c{k}"] = detect(folder, tmp / f"c{k}_out", "--mode", "mutual",
+                                          "--refs", "all")  # fmt: skip
+            per_draw.append(case_rows(rows, "unsupervised"))
+            print(f"<!-- draw {k}: new {per_draw[-1]['new'][:2]} -->", flush=True)
+        mean_c = {r: tuple(np.mean([d[r] for d in per_draw], axis=0)) for r in ("new", "old")}
+        show(f"(c) 60 good + 6 defective, mean of {draws} draws", mean_c, (0.20, 0.15))
+        draw_s = np.median([times[f"c{k}"] for k in range(draws)])
+        print(f"\nwall s: (a) {times['a']:.0f}, (b) {times['b']:.0f}, old (b) "
+              f"{times['b old']:.0f}, (c) median {draw_s:.0f} per draw")  # fmt: skip
+
         if not args.quick:
             screw = images("screw")
             folder = linked(screw, tmp / "screw")
