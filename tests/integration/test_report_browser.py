@@ -68,8 +68,9 @@ def built(tmp_path_factory, mvtec):
     root = mvtec / "screw"
     normals = sorted((root / "train" / "good").glob("*.png"))
     normal_maps = [synthetic_map(p, None, 0.0, rng) for p in normals]
+    normal_scores = [image_score(m) for m in normal_maps]
     threshold = calibrate.calibrate_normal(
-        [image_score(m) for m in normal_maps], normal_maps, settings={"model": "synthetic"}
+        normal_scores, normal_maps, settings={"model": "synthetic"}
     )
     rows = []
     for folder in sorted((root / "test").iterdir()):
@@ -84,12 +85,15 @@ def built(tmp_path_factory, mvtec):
                     decision=threshold_rule.decide(score, threshold),
                     ratio=threshold_rule.ratio(score, threshold), map=values, mask=mask,
                     label=folder.name, category="screw",
+                    notes=("unfamiliar",) if folder.name == "manipulated_front" else (),
                 )
             )  # fmt: skip
     out = tmp_path_factory.mktemp("report")
+    info = {"model": "synthetic maps", "images": len(rows), "unused": None, "extra": {"x": 1}}
     path = report.write_report(
-        out, rows, threshold, {"model": "synthetic maps", "images": len(rows)}, "screw (synthetic)"
-    )
+        out, rows, threshold, info, "screw (synthetic)", normal_scores=normal_scores,
+        settings_shown=["model", "images", "unused"],
+    )  # fmt: skip
     return path, rows
 
 
@@ -102,9 +106,14 @@ def test_rendered_page(built, tmp_path):
     assert first == pytest.approx(max(r.score for r in rows), rel=1e-6)
     assert dom.texts["count-shown"] == str(len(rows))
     assert "open" not in dom.ids["viewer"]
+    for decision in ("defect", "review", "ok"):
+        assert dom.texts[f"count-{decision}"] == str(sum(r.decision == decision for r in rows))
+    assert dom.texts["count-unfamiliar"] == str(sum(r.unfamiliar for r in rows)) != "0"
+    assert {"review-band", "review-line", "known-good"} <= set(dom.ids)
+    assert [k for k, _ in dom.tables["settings"]] == ["images", "model"]
 
 
-@pytest.mark.parametrize("decision", ["defect", "ok"])
+@pytest.mark.parametrize("decision", ["defect", "review", "ok"])
 def test_filter_from_the_address(built, tmp_path, decision):
     path, rows = built
     want = sum(r.decision == decision for r in rows)

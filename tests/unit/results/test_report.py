@@ -14,8 +14,8 @@ from sklearn.metrics import f1_score, precision_score, recall_score
 
 from anoclip.errors import AnoclipError, ReportError
 from anoclip.results import report
-from anoclip.results.overlays import colorize
-from anoclip.threshold import Threshold
+from anoclip.results.overlays import FIXED_SCALE, calibrated_scale, colorize
+from anoclip.threshold import Threshold, decide
 from tests.report_dom import decode_data_uri, parse
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_pixel_threshold_mark_stays_inside_the_colour_bar(tmp_path, t_px, anchor
     marks = re.findall(mark, html)
     assert marks and all(a == anchor for _, a, _ in marks), marks
     for x, a, label in marks:
-        assert "pixel threshold" in label and "▲" in label
+        assert "pixel defect bound" in label and "▲" in label
         width = len(label) * report.CHAR_WIDTH
         left = {"start": 0.0, "middle": width / 2, "end": width}[a]
         assert float(x) - left >= 0 and float(x) - left + width <= report.BAR_WIDTH, (x, label)
@@ -364,3 +364,261 @@ def test_write_mask_at_the_image_size(tmp_path):
     assert got.shape == (6, 8)
     assert got[:, 0].max() == 0 and got[:, -1].min() == 255
     assert not math.isnan(got.mean())
+
+
+# ---- three decisions, the calibrated scale, masks, notes (issue 19) -------------------
+
+BAND = Threshold(
+    "normal", 0.5582938, 0.4, {"false_reject": 0.01, "confidence": 0.9, "n_normal": 20,
+    "review_rate": 0.0476}, "0.1.0", {}, review_threshold=0.5123456, pixel_review=0.3,
+    pixel_typical=0.2,
+)  # fmt: skip
+
+
+def _three(n: int = 12, size=(40, 30)):
+    """Rows whose decisions come from BAND: scores spread over ok, review and defect."""
+    w, h = size
+    scores = np.linspace(0.45, 0.62, n)
+    return [
+        {"source": None, "name": f"s{i:02d}", "score": float(s), "decision": decide(s, BAND),
+         "ratio": float(s) / BAND.image_threshold, "map": np.full((h, w), 0.1, np.float32)}
+        for i, s in enumerate(scores)
+    ]  # fmt: skip
+
+
+def test_three_decisions_counted_filtered_and_explained(tmp_path):
+    rows = _three()
+    html = report.write_report(tmp_path, rows, BAND).read_text()
+    page = parse(html)
+    for decision in ("ok", "review", "defect"):
+        want = sum(r["decision"] == decision for r in rows)
+        assert want > 0 and page.texts[f"count-{decision}"] == str(want)
+        assert f'data-filter="{decision}"' in html
+        assert sum(c["data-decision"] == decision for c in page.cards) == want
+    # highest first: defect cards, then review, then ok
+    order = [c["data-decision"] for c in page.cards]
+    assert order == sorted(order, key=["defect", "review", "ok"].index)
+    assert all(c["class"].split() == ["card", c["data-decision"]] for c in page.cards)
+    assert all(f'<span class="badge {c["data-decision"]}">' in html for c in page.cards)
+    meaning = " ".join(page.texts["decisions"].split())
+    assert "between clearly normal and the defect bound: a person should look" in meaning
+    assert "score above the defect bound (0.558)" in meaning
+    assert "at or below the review bound (0.512)" in meaning
+    assert page.texts["review-threshold"] == "0.512"
+    promise = " ".join(page.texts["promise"].replace("\xa0", " ").split())
+    assert "at most 1 % (at 90 % confidence, from 20 known-good images)" in promise
+    assert "about 5 % of good parts score above the review bound" in promise
+
+
+def test_review_is_never_wrong(tmp_path):
+    rows = [
+        {"source": None, "name": "a", "score": 0.6, "decision": "review", "label": "good"},
+        {"source": None, "name": "b", "score": 0.5, "decision": "review", "label": "crack"},
+        {"source": None, "name": "c", "score": 0.4, "decision": "ok", "label": "crack"},
+        {"source": None, "name": "d", "score": 0.7, "decision": "defect", "label": "good"},
+    ]
+    page = parse(report.write_report(tmp_path, rows, BAND).read_text())
+    assert {c["id"]: c["data-wrong"] for c in page.cards} == {
+        "card-0": "1", "card-1": "0", "card-2": "0", "card-3": "1",
+    }  # fmt: skip
+
+
+def test_no_review_button_without_a_band(tmp_path):
+    t = Threshold("normal", 0.35, None, {}, "0.1.0", {})
+    html = report.write_report(tmp_path, _rows(), t).read_text()
+    page = parse(html)
+    assert 'data-filter="review"' not in html
+    assert not {"review-band", "review-line", "review-threshold"} & set(page.ids)
+    assert "no review band" in page.texts["decisions"]
+    assert page.texts["count-review"] == "0"
+
+
+def _marks(html: str) -> list[tuple[float, str]]:
+    """(bar position, label) of the head colour bar's marks (10 + pos·300 + dx = x)."""
+    head = html.split('id="cb-head"')[1].split("</svg>")[0]
+    found = re.findall(
+        r'<text class="mark" x="([\d.-]+)" y="\d+" text-anchor="(\w+)">([^<]*)<', head
+    )
+    dx = {"start": -4, "middle": 0, "end": 4}
+    return [((float(x) - 10 - dx[a]) / 300, label) for x, a, label in found]
+
+
+def test_scale_is_calibrated_by_default(tmp_path):
+    # typical 0.2, review 0.3: delta 0.1, lo = 0.2 - 0.1, hi = 0.2 + 3 * 0.1 (by hand)
+    html = report.write_report(tmp_path, _rows(), BAND).read_text()
+    conf = parse(html).json("conf")
+    assert (conf["lo"], conf["hi"]) == pytest.approx((0.1, 0.5))
+    assert "Anchored to the calibration" in html
+    marks = _marks(html)
+    assert [round(pos, 6) for pos, _ in marks] == [0.25, 0.5, 0.75]  # 0.4 = the defect bound
+    assert [label.strip("▲ ") for _, label in marks] == [
+        "typical normal max 0.200", "pixel review bound 0.300", "pixel defect bound 0.400",
+    ]  # fmt: skip
+
+
+def test_scale_fallbacks(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = [{"source": None, "name": f"r{i}", "score": float(i), "map": rng.random((30, 20))}
+            for i in range(3)]  # fmt: skip
+    pooled = np.concatenate([r["map"].ravel() for r in rows])
+    want = (np.quantile(pooled, 0.5), np.quantile(pooled, 0.999))
+    old = Threshold("normal", 0.5, 0.7)  # a v1 file: no review bound, no typical maximum
+    conf = parse(report.write_report(tmp_path, rows, old).read_text()).json("conf")
+    assert (conf["lo"], conf["hi"]) == pytest.approx(want)
+    conf = parse(report.write_report(tmp_path, rows, BAND, scale=FIXED_SCALE).read_text()).json(
+        "conf"
+    )
+    assert (conf["lo"], conf["hi"]) == (0.0, 1.0)
+    html = report.write_report(tmp_path, rows, BAND, scale=calibrated_scale(BAND)).read_text()
+    assert "Anchored to the calibration" in html
+
+
+def test_off_scale_mark_sits_at_the_end(tmp_path):
+    t = Threshold("normal", 0.5, 0.9, review_threshold=0.4, pixel_review=0.3, pixel_typical=0.2)
+    marks = _marks(report.write_report(tmp_path, _rows(), t).read_text())
+    pos, label = marks[-1]
+    assert pos == pytest.approx(1.0) and "pixel defect bound 0.900 (off scale)" in label
+
+
+def test_histogram_known_good_series_and_review_band():
+    rng = np.random.default_rng(5)
+    scores, known = rng.normal(0.5, 0.05, 80), rng.normal(0.45, 0.02, 30)
+    t_r, t_d = 0.52, 0.56
+    h = report.histogram(scores, None, t_d, bins=12, review=t_r, normal_scores=known)
+    lo = min(scores.min(), known.min(), t_r)
+    hi = max(scores.max(), known.max(), t_d)
+    brute = [0] * 12
+    for v in known:
+        brute[min(11, int((v - lo) / (hi - lo) * 12))] += 1
+    assert h["known"]["counts"] == brute and h["known"]["total"] == 30
+    plot = h["plot"]
+    x = lambda v: plot["left"] + (v - lo) / (hi - lo) * (plot["right"] - plot["left"])  # noqa: E731
+    assert h["band"]["x0"] == pytest.approx(x(t_r)) and h["band"]["x1"] == pytest.approx(x(t_d))
+    assert h["review"]["label"] == "review bound 0.520"
+    assert h["threshold"]["label"] == "defect bound 0.560"
+    assert h["threshold"]["ty"] != h["review"]["ty"]
+    # no outline along empty bins: one closed outline ("M ... V base") per run of bins
+    runs = sum(1 for i, c in enumerate(brute) if c and (i == 0 or not brute[i - 1]))
+    assert h["known"]["path"].count("M") == runs
+
+
+def test_bound_labels_never_cross_the_other_line():
+    for t_r, t_d in ((0.501, 0.502), (0.1, 0.9), (0.88, 0.9), (0.1, 0.12)):
+        h = report.histogram(np.linspace(0.1, 0.9, 20), None, t_d, review=t_r)
+        for mine, other in ((h["threshold"], h["review"]), (h["review"], h["threshold"])):
+            width = len(mine["label"]) * report.CHAR_WIDTH
+            x0 = mine["tx"] - (width if mine["anchor"] == "end" else 0)
+            crosses = x0 <= other["x"] <= x0 + width
+            assert not crosses or other["ty"] > mine["ty"], (t_r, t_d, mine, other)
+
+
+def test_histogram_on_the_page(tmp_path):
+    known = [0.47, 0.48, 0.49, 0.5]
+    page = parse(report.write_report(tmp_path, _three(), BAND, normal_scores=known).read_text())
+    assert {"review-band", "review-line", "threshold-line", "known-good"} <= set(page.ids)
+    assert "known-good (4)" in page.texts["known-good-legend"]
+    assert page.texts["threshold-label"] == "defect bound 0.558"
+    assert page.texts["review-label"] == "review bound 0.512"
+
+
+def test_three_significant_digits():
+    assert [report.sig(v) for v in (0.35, 12.345, 0.000123456, 1234.5, 1.0)] == [
+        "0.350", "12.3", "0.000123", "1.23e+03", "1.00",
+    ]  # fmt: skip
+    assert report.sig_labels([0.50171, 0.50183, None]) == ["0.5017", "0.5018", ""]
+    assert report.sig_labels([0.5, 0.5]) == ["0.500", "0.500"]
+
+
+def test_thresholds_in_the_table_and_cards_have_three_digits(tmp_path):
+    rows = [{"source": None, "name": "a", "score": 0.612345, "decision": "defect"}]
+    page = parse(report.write_report(tmp_path, rows, BAND).read_text())
+    table = dict(r for r in page.tables["threshold"] if len(r) == 2)
+    assert table["defect bound (image)"] == "0.558"
+    assert table["review bound (image)"] == "0.512"
+    assert table["pixel defect bound"] == "0.400"
+    assert table["typical normal map maximum"] == "0.200"
+    assert "score 0.612" in page.card_texts[0]
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Brute force: mask pixels on the picture's edge or with a 4-neighbour outside."""
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    for y in range(h):
+        for x in range(w):
+            if not mask[y, x]:
+                continue
+            near = [(y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)]
+            out[y, x] = any(not (0 <= j < h and 0 <= i < w) or not mask[j, i] for j, i in near)
+    return out
+
+
+def _blob_map() -> np.ndarray:
+    yy, xx = np.mgrid[0:32, 0:32]
+    return (0.9 * np.exp(-((yy - 14) ** 2 + (xx - 18) ** 2) / 40.0)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("decision", "bound"), [("review", 0.3), ("defect", 0.3), ("ok", None)])
+def test_flagged_thumbnail_carries_its_mask_outline(tmp_path, decision, bound):
+    m = _blob_map()  # 32 px: thumbnail and view at the map's own size
+    row = {"source": None, "name": "a", "score": 0.6, "decision": decision, "map": m}
+    page = parse(report.write_report(tmp_path, [row], BAND, image_format="png").read_text())
+    px = decode_data_uri(page.thumbs[0])[..., :3]
+    magenta = np.all(px == [255, 0, 255], axis=-1)
+    if bound is None:  # an ok image: no outline on its thumbnail
+        assert not magenta.any()
+    else:
+        want = _boundary(m > bound)  # BAND's pixel review bound
+        assert want.any() and np.array_equal(magenta, want)
+    detail = page.json("details")[0]
+    shown = m > (0.4 if bound is None else bound)  # ok: the pixel defect bound
+    got = np.zeros_like(shown) if detail["pred"] is None else decode_data_uri(detail["pred"]) > 127
+    assert np.array_equal(got, _boundary(shown))
+
+
+def test_ratio_is_explained(tmp_path):
+    html = report.write_report(tmp_path, _three(), BAND).read_text()
+    page = parse(html)
+    starts = 0.5123456 / 0.5582938
+    note = f"score ÷ defect bound: above ×1 is a defect; the review band starts at ×{starts:.2f}"
+    assert "×0.92" in note
+    assert page.texts["ratio-note"].strip() == f"×ratio = {note}."
+    titled = re.findall(r'<span class="nums" title="([^"]*)">', html)
+    assert len(titled) == len(page.cards) and set(titled) == {note}
+    no_band = Threshold("normal", 0.5)
+    assert report.ratio_note(no_band) == "score ÷ defect bound: above ×1 is a defect"
+    assert report.ratio_note(Threshold("normal", 0.0)) is None
+
+
+def test_settings_shown_lists_only_what_the_run_used(tmp_path):
+    info = {"model": "m", "seed": 0, "unused": None, "empty": "", "random_weights": False,
+            "settings": {"a": 1, "b": 2, "c": None}}  # fmt: skip
+    shown = ["model", "seed", "unused", "random_weights", "settings.a"]
+    page = parse(
+        report.write_report(tmp_path, _rows(2), None, info, settings_shown=shown).read_text()
+    )
+    assert page.tables["settings"] == [
+        ["model", "m"], ["random_weights", "false"], ["seed", "0"], ["settings.a", "1"],
+    ]  # fmt: skip
+    assert page.texts["settings-hidden"].startswith("4 settings")  # unused empty b c
+    page = parse(report.write_report(tmp_path, _rows(2), None, info).read_text())
+    keys = [r[0] for r in page.tables["settings"]]
+    assert keys == ["model", "random_weights", "seed", "settings.a", "settings.b"]
+    rows, hidden = report.shown_settings({"settings": {"x": 1, "y": 2}}, ["settings"])
+    assert rows == [("settings.x", "1"), ("settings.y", "2")] and hidden == 0
+
+
+def test_unfamiliar_images_are_marked_and_counted(tmp_path):
+    rows = _three(6)
+    rows[0]["notes"] = ("unfamiliar",)
+    rows[3]["notes"] = "slow; unfamiliar"
+    rows[4]["notes"] = ("slow",)
+    page = parse(report.write_report(tmp_path, rows, BAND).read_text())
+    assert page.texts["count-unfamiliar"] == "2"
+    marked = {c["id"] for c, t in zip(page.cards, page.card_texts) if "unlike the known-good" in t}
+    flagged = {c["id"] for c in page.cards if c["data-unfamiliar"] == "1"}
+    names = {c["id"]: d["name"] for c, d in zip(page.cards, page.json("details"))}
+    assert marked == flagged and {names[i] for i in marked} == {"s00", "s03"}
+    assert report.ReportRow(None, "x", 0.1, notes="a, unfamiliar").notes == ("a", "unfamiliar")
+    no_notes = parse(report.write_report(tmp_path, _three(6), BAND).read_text())
+    assert "count-unfamiliar" not in no_notes.ids
