@@ -5,7 +5,8 @@ of one score against it, with a review band between "clearly normal" and "defect
                "review"  if t_r < score ≤ t_d      (t_r ≤ t_d; no band when t_r is None)
                "ok"      otherwise                 ratio = score / t_d
 
-    mask     = map > t_px_r   for "review" / "defect" (never empty: else map ≥ 0.7·max map)
+    mask     = map > t_px_r   for "review" / "defect" (never empty: else the image's own hot
+                              spot, map ≥ m + 0.7·(max map − m), m its median)
                map > t_px_d   for "ok"
 
 How thresholds are estimated is :mod:`anoclip.decide.calibrate`; this module is the record
@@ -32,7 +33,7 @@ FILE_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no review band
 Decision = Literal["ok", "review", "defect"]
 DECISIONS: tuple[Decision, ...] = ("ok", "review", "defect")
-MASK_FALLBACK = 0.7  # a flagged image with no pixel over t_px_r: its pixels ≥ 0.7·max
+MASK_FALLBACK = 0.7  # a flagged image with no pixel over t_px_r: 0.7 of its rise above its median
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,9 @@ def defect_mask(
     t_r = getattr(threshold, "pixel_review", None)
     if decision in ("review", "defect"):
         mask = anomaly_map > (t_d if t_r is None else t_r)
-        if not mask.any():
-            mask = anomaly_map >= MASK_FALLBACK * float(anomaly_map.max())
+        if not mask.any():  # the image's own hot spot: above its median by 0.7 of the rise
+            base = float(np.median(anomaly_map))
+            mask = anomaly_map >= base + MASK_FALLBACK * (float(anomaly_map.max()) - base)
         return mask
     return anomaly_map > t_d
 

@@ -242,8 +242,12 @@ def test_review_band_decides_three_ways():
     m = np.array([[0.1, 0.45], [0.5, 0.65]])
     assert rule.defect_mask(m, "ok", t).tolist() == [[False, False], [False, True]]
     assert rule.defect_mask(m, "review", t).tolist() == [[False, True], [True, True]]
-    quiet = np.array([[0.1, 0.2], [0.3, 0.35]])  # nothing over t_px_r: the top pixels
-    assert rule.defect_mask(quiet, "defect", t).tolist() == [[False, False], [True, True]]
+    quiet = np.array([[0.1, 0.2], [0.3, 0.35]])  # nothing over t_px_r: the hot spot,
+    # median 0.25, rise 0.1 -> map ≥ 0.32
+    assert rule.defect_mask(quiet, "defect", t).tolist() == [[False, False], [False, True]]
+    flat = np.full((3, 3), 0.06)
+    flat[1, 1] = 0.07  # a visual-only map: low everywhere, one hot patch (not the whole image)
+    assert rule.defect_mask(flat, "review", t).sum() == 1
     assert rule.defect_mask(m, "review", Threshold("normal", 0.5)) is None
     with pytest.raises(CalibrationError):
         Threshold("normal", 0.5, review_threshold=0.6)
