@@ -119,13 +119,16 @@ def run_detect(args: argparse.Namespace) -> int:
                       overlays=not args.no_overlay, threshold=threshold,
                       map_dtype="float32" if args.full_maps else "float16") as writer:  # fmt: skip
         writer.write_run_info(info)
-        count, skipped, modes = score_all(writer, det, args, plan, paths, bank)
+        count, skipped, modes, odd = score_all(writer, det, args, plan, paths, bank)
         errors = writer.num_errors
-        if modes:
-            writer.write_run_info({**info, "modes_used": sorted(modes)})
+        if modes or odd:
+            extra = {"modes_used": sorted(modes)} if modes else {}
+            if odd:
+                extra["unfamiliar"] = odd  # unlike the bank's known-good images
+            writer.write_run_info({**info, **extra})
     elapsed = time.perf_counter() - started
     final, rows = writer.finalize(thr_id)
-    page = write_detect_report(out, rows, final, info, args)
+    page = write_detect_report(out, rows, final, info, args, odd)
     print_done(out, (count, skipped, errors), elapsed, rows, final, page)
     return 1 if errors else 0
 
@@ -170,12 +173,13 @@ def score_all(
     plan: Plan,
     paths: Sequence[Path],
     bank: Any = None,
-) -> tuple[int, int, set[str]]:
-    """Score the inputs not yet in the writer's folder; returns (scored, skipped, modes)."""
+) -> tuple[int, int, set[str], list[str]]:
+    """Score the inputs not yet in the writer's folder; returns (scored, skipped, modes,
+    the sources unlike the bank's known-good images)."""
     names = output_names(paths)
     index_of = {str(p): i for i, p in enumerate(paths)}
     skip = [i for i, p in enumerate(paths) if str(p) in writer.finished]
-    count, modes = 0, set()
+    count, modes, odd = 0, set(), []
     stream = det.iter_predict(
         list(index_of), args.object, plan.tta, mode=args.mode, refs=plan.refs,
         progress=True, skip=skip, max_map_side=args.max_map_side or None, bank=bank,
@@ -187,8 +191,9 @@ def score_all(
             continue
         writer.add(item, names[index_of[item.source]], item.source)
         modes.add(item.mode)
+        odd += [item.source] if "unfamiliar" in getattr(item, "notes", ()) else []
         count += 1
-    return count, len(skip), modes
+    return count, len(skip), modes, odd
 
 
 def run_info(args: argparse.Namespace, det: Any, finger: dict) -> dict:

@@ -197,12 +197,18 @@ def print_done(
 
 
 def write_detect_report(
-    out: Path, rows: Sequence[dict], threshold: Any, info: dict, args: argparse.Namespace
+    out: Path,
+    rows: Sequence[dict],
+    threshold: Any,
+    info: dict,
+    args: argparse.Namespace,
+    unfamiliar: Sequence[str] = (),
 ) -> Path | None:
-    """OUT/report.html over all rows of the folder, maps on the fixed scale [0, 1]."""
+    """OUT/report.html over all rows of the folder, maps on the threshold's scale (that of
+    maps/NAME.png), the known-good scores in the histogram, the settings the run used."""
     if not rows:
         return None
-    from anoclip.results.overlays import FIXED_SCALE
+    from anoclip.results.overlays import calibrated_scale
     from anoclip.results.report import write_report
     from anoclip.results.writer import report_rows
 
@@ -212,4 +218,34 @@ def write_detect_report(
     title = f"anoclip detect: {args.object}" + (
         " (RANDOM weights: scores meaningless)" if info.get("random_weights") else ""
     )
-    return write_report(out, report_rows(out, rows), threshold, shown, title, scale=FIXED_SCALE)
+    report = report_rows(out, rows)
+    odd = set(unfamiliar)
+    report = [dataclasses.replace(r, notes=("unfamiliar",)) if r.source in odd else r
+              for r in report]  # fmt: skip
+    normals = None if threshold is None else threshold.inputs.get("normal_scores")
+    return write_report(out, report, threshold, shown, title,
+                        scale=calibrated_scale(threshold), normal_scores=normals,
+                        settings_shown=[*keys[:-1], *used_settings(info)])  # fmt: skip
+
+
+# the settings a report shows for each scorer, besides those that differ from the defaults
+TOKEN_SETTINGS = ("temperature", "layers", "image_score", "tta_steps", "fusion")
+PATCH_SETTINGS = ("visual_backbone", "fusion", "visual_strides", "patch_radii", "patch_grid",
+                  "rscin", "duplicate_threshold")  # fmt: skip
+
+
+def used_settings(info: dict) -> list[str]:
+    """ "settings.KEY" for the fields that shape this run: the scorer's main ones and every
+    one that differs from the defaults."""
+    from anoclip.settings import Settings
+
+    values = info.get("settings") or {}
+    plain = dataclasses.asdict(Settings())
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    main = PATCH_SETTINGS if s.patch_scorer else TOKEN_SETTINGS
+    changed = [k for k, v in values.items() if k in plain and _same(v) != _same(plain[k])]
+    return [f"settings.{k}" for k in dict.fromkeys([*main, *changed])]
+
+
+def _same(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -267,6 +267,7 @@ def calibrate_normal(
         "estimator": est,
         "review_rate": review_rate(x.size),
         "leave_one_out": leave_one_out,
+        "normal_scores": [float(v) for v in x],  # what the report's histogram shows
     }
     pixel: dict[str, float] = {}
     if normal_maps is not None:

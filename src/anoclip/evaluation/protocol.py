@@ -651,7 +651,7 @@ def write_eval_report(
     """OUT/report.html over every evaluated image: decisions of each category's preferred
     label-free threshold, ground-truth outlines, the per-category metrics table. Its
     threshold line and pixel outlines need one threshold: drawn for a single category."""
-    from anoclip.results.overlays import FIXED_SCALE
+    from anoclip.results.overlays import FIXED_SCALE, calibrated_scale
     from anoclip.results.report import ReportRow, write_report
 
     rows = []
@@ -676,5 +676,6 @@ def write_eval_report(
     title += " (RANDOM weights: scores meaningless)" if random_weights else ""
     return write_report(
         out, rows, None if single is None else single.threshold, info, title,
-        metrics=report_table(results), scale=FIXED_SCALE,
+        metrics=report_table(results),
+        scale=FIXED_SCALE if single is None else calibrated_scale(single.threshold),
     )  # fmt: skip
