@@ -127,7 +127,7 @@ def run_detect(args: argparse.Namespace) -> int:
                 extra["unfamiliar"] = odd  # unlike the bank's known-good images
             writer.write_run_info({**info, **extra})
     elapsed = time.perf_counter() - started
-    final, rows = writer.finalize(thr_id)
+    final, rows = writer.finalize(thr_id, progress=True)
     page = write_detect_report(out, rows, final, info, args, odd)
     print_done(out, (count, skipped, errors), elapsed, rows, final, page)
     return 1 if errors else 0

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from anoclip.data.images import load_rgb
 from anoclip.decide.calibrate import calibrate_unsupervised
@@ -146,7 +147,7 @@ class ResultWriter:
             (self.out / ERRORS).unlink()
 
     def finalize(
-        self, settings_id: Mapping[str, Any] | None = None
+        self, settings_id: Mapping[str, Any] | None = None, progress: bool = False
     ) -> tuple[Threshold | None, list[Row]]:
         """After :meth:`close`: the final threshold (the known one, else the unsupervised
         rule over all rows; None with fewer than 3 images) and all rows, decided. Rewrites
@@ -161,7 +162,7 @@ class ResultWriter:
         write_rows(self.out / SCORES, rows)
         if threshold is not None:
             todo = [r for r in rows if r["name"] not in self.drawn]
-            draw_rows(self.out, todo, threshold, self.overlays)
+            draw_rows(self.out, todo, threshold, self.overlays, progress)
         return threshold, rows
 
     def __enter__(self) -> ResultWriter:
@@ -271,9 +272,12 @@ def draw(
         report.write_mask(out, name, values, threshold, decision, size)
 
 
-def draw_rows(out: Path, rows: Iterable[Row], threshold: Threshold, overlays: bool) -> None:
+def draw_rows(
+    out: Path, rows: Sequence[Row], threshold: Threshold, overlays: bool, progress: bool = False
+) -> None:
     """:func:`draw` for each row from its OUT/maps/NAME.npy (one file at a time)."""
-    for row in rows:
+    what = "overlays and masks" if overlays else "masks"
+    for row in tqdm(rows, desc=what, unit="img", disable=not progress or not rows):
         source = out / "maps" / f"{row['name']}.npy"
         if source.is_file():
             size = (int(row["width"]), int(row["height"]))
