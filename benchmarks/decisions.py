@@ -118,8 +118,8 @@ def seen(out: Path, rows: list[dict]) -> dict[str, float]:
     """What a person sees in the run's own files (module doc)."""
     inside, good, ious, empty, flagged = [], [], [], 0, 0
     for r in rows:
-        src, name = Path(r["source"]), r["name"]
-        defect = src.parent.name
+        link, name = Path(r["source"]), r["name"]
+        src, defect = link.resolve(), link.parent.name  # the data set's file, its folder
         overlay = np.asarray(Image.open(out / "maps" / f"{name}.png").convert("RGB"), np.float32)
         size = (overlay.shape[1], overlay.shape[0])
         photo = np.asarray(Image.open(src).convert("RGB").resize(size, Image.BILINEAR), np.float32)
