@@ -64,13 +64,19 @@ from scipy import ndimage
 from anoclip.data.images import load_rgb
 from anoclip.decide.calibrate import Counts, confusion
 from anoclip.errors import ImageDecodeError, ReportError
-from anoclip.results.overlays import FIXED_SCALE, calibrated_scale, colorize
+from anoclip.results.overlays import (
+    FIXED_SCALE,
+    OPACITY_RAMP,
+    OVERLAY_ALPHA,
+    calibrated_scale,
+    colorize,
+    opacity,
+)
 from anoclip.threshold import Threshold, defect_mask
 
 REPORT = "report.html"
 MASKS = "masks"
 LUT = colorize(np.linspace(0.0, 1.0, 256))  # uint8 [256, 3], shared with the page's script
-OVERLAY_ALPHA = 0.7
 GT_COLOUR = (0, 255, 0)
 PRED_COLOUR = (255, 0, 255)  # the decision's mask: magenta, a colour "jet" never draws
 NORMAL_LABELS = ("good", "normal", "ok")
@@ -238,8 +244,8 @@ def quantise(v: np.ndarray) -> np.ndarray:
 
 
 def blend(rgb: np.ndarray, levels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Overlay = rgb·(1 − a) + LUT[level]·a with a = alpha·level/255 (uint8 H×W×3)."""
-    a = (alpha * levels.astype(np.float32) / 255.0)[..., None]
+    """Overlay = rgb·(1 − a) + LUT[level]·a with a = opacity(level/255) (uint8 H×W×3)."""
+    a = opacity(levels.astype(np.float32) / 255.0, alpha)[..., None]
     mixed = rgb.astype(np.float32) * (1.0 - a) + LUT[levels].astype(np.float32) * a
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
 
@@ -833,6 +839,7 @@ def write_report(
             details=[out.detail for out in rendered],
             lut=LUT.tolist(),
             alpha=OVERLAY_ALPHA,
+            ramp=OPACITY_RAMP,
             gt_colour=list(GT_COLOUR),
             pred_colour=list(PRED_COLOUR),
             **page,

@@ -69,7 +69,7 @@ def test_blend_hand_computed():
     lut = colorize(np.linspace(0, 1, 256)).astype(float)
     assert out[0, 0].tolist() == [100, 100, 100]
     for j, lev in ((1, 255), (2, 128)):
-        a = 0.7 * lev / 255
+        a = 0.7 * min(1.0, 2 * lev / 255)  # alpha·min(1, 2v)
         expected = np.floor(100 * (1 - a) + lut[lev] * a + 0.5)
         assert out[0, j].tolist() == expected.tolist()
 
@@ -191,7 +191,7 @@ def test_thumbnails_small_and_on_the_fixed_scale(tmp_path):
     # card k shows the map 0.2·(5 − k): level round(255·v), blended over grey 128
     for k, uri in enumerate(page.thumbs):
         lev = int(np.rint(0.2 * (5 - k) * 255))
-        a = 0.7 * lev / 255
+            a = 0.7 * min(1.0, 2 * lev / 255)
         want = np.floor(128 * (1 - a) + lut[lev] * a + 0.5)
         assert decode_data_uri(uri)[60, 80, :3].tolist() == want.tolist()
 
