@@ -15,7 +15,8 @@ is yellow to red, on any backbone (visual-only maps span 0.06–0.29, CLIP maps
 red as a real defect. Without a calibrated pixel bound the scale is :data:`FIXED_SCALE`
 = [0, 1] (the maps are anomaly probabilities). The colour is blended in with opacity
 ``alpha``·min(1, 2v) (:func:`opacity`), as in ``report.html`` (:mod:`anoclip.results.report`),
-so the product stays visible where the map is low. PNG overlays carry their scale as text chunks (:func:`png_info`).
+so the product stays visible where the map is low. PNG overlays carry their scale as text
+chunks (:func:`png_info`).
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def test_thumbnails_small_and_on_the_fixed_scale(tmp_path):
     # card k shows the map 0.2·(5 − k): level round(255·v), blended over grey 128
     for k, uri in enumerate(page.thumbs):
         lev = int(np.rint(0.2 * (5 - k) * 255))
-            a = 0.7 * min(1.0, 2 * lev / 255)
+        a = 0.7 * min(1.0, 2 * lev / 255)
         want = np.floor(128 * (1 - a) + lut[lev] * a + 0.5)
         assert decode_data_uri(uri)[60, 80, :3].tolist() == want.tolist()
 
