@@ -85,8 +85,8 @@ def add_detect_command(sub: Any) -> None:
 
 
 def run_detect(args: argparse.Namespace) -> int:
+    plan = Plan(args)
     paths = detect_inputs(args)
-    plan = Plan(args, inputs=len(paths))
     engine = engine_plan(args, plan.settings, plan.runtime)
     ray = ray_plan(args)
     if (engine is not None or ray is not None) and (plan.settings.patch_scorer or plan.bank.used):

@@ -21,7 +21,7 @@ from typing import Any
 from anoclip.cli.arguments import read_set, refs_arg, tta_arg
 from anoclip.cli.messages import warn
 from anoclip.clip.catalog import check_model, check_pretrained
-from anoclip.data.listing import expand_inputs
+from anoclip.data.listing import expand_inputs, list_inputs
 from anoclip.errors import UsageError
 from anoclip.extras import check_installed, embedded_weights
 from anoclip.settings import Runtime, Settings
@@ -35,9 +35,7 @@ VIEW_ENGINE_PACKAGES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime"
 class Plan:
     """Everything a command will do, validated before the stack loads."""
 
-    def __init__(
-        self, args: argparse.Namespace, preset_values: dict | None = None, inputs: int = 0
-    ) -> None:
+    def __init__(self, args: argparse.Namespace, preset_values: dict | None = None) -> None:
         numeric, run = read_set(args.set)
         self.settings = Settings(**numeric)
         if preset_values:
@@ -54,7 +52,7 @@ class Plan:
             }
         )
         self.settings = visual_settings(self.settings, args)
-        self.normals_as_bank = default_mode(args, self.settings, inputs)
+        self.normals_as_bank = default_mode(args, self.settings)
         self.tta = tta_arg(args)
         self.refs = refs_arg(args)
         self.seed = args.seed
@@ -73,7 +71,7 @@ class Plan:
                         runtime=self.runtime)  # fmt: skip
 
 
-def default_mode(args: argparse.Namespace, s: Settings, inputs: int) -> bool:
+def default_mode(args: argparse.Namespace, s: Settings) -> bool:
     """Resolve an unset --mode: "anoclip", except for the patch scorer with --normal and at
     least SET_DEFAULT_MIN inputs (and no bank or threshold file of their own): then mutual
     over all inputs with the known-good images as a bank, decided by the set's own bounds
@@ -81,12 +79,19 @@ def default_mode(args: argparse.Namespace, s: Settings, inputs: int) -> bool:
     if getattr(args, "mode", "anoclip") is not None:
         return False
     own = getattr(args, "bank_images", None) or getattr(args, "bank", None)
-    as_set = (bool(getattr(args, "normal", None)) and s.patch_scorer and inputs >= SET_DEFAULT_MIN
-              and not own and not getattr(args, "threshold", None))  # fmt: skip
+    own = own or getattr(args, "threshold", None)
+    as_set = bool(getattr(args, "normal", None)) and s.patch_scorer and not own
+    as_set = as_set and counted(args) >= SET_DEFAULT_MIN
     args.mode = "mutual" if as_set else "anoclip"
     if as_set and args.refs is None:
         args.refs = "all"
     return as_set
+
+
+def counted(args: argparse.Namespace) -> int:
+    """How many images the inputs name (listed quietly; detect lists them again, warning)."""
+    inputs = getattr(args, "inputs", None) or []
+    return len(list_inputs(inputs, out=getattr(args, "out", None)).paths)
 
 
 def visual_references(s: Settings, bank: BankPlan, args: argparse.Namespace) -> BankPlan:
