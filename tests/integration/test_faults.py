@@ -212,7 +212,10 @@ def test_sigint_mid_run_keeps_finished_results(tiny_config, mvtec, tmp_path):
         rows = list(csv.DictReader(f))
     assert 2 <= len(rows) < 24
     for row in rows:  # every logged row has its map on disk
-        assert np.load(out / "maps" / f"{row['name']}.npy").shape == (1024, 1024)
+        assert np.load(out / "maps" / f"{row['name']}.npy").shape == (
+            512,
+            512,
+        )  # the default --max-map-side
     again = run_cli("detect", mvtec / "screw/test/scratch_head", "--object", "screw", "--out",
                     out, *tiny_cli(tiny_config), "--resume")  # fmt: skip
     assert again.returncode == 0 and f"skipped {len(rows)} already done" in again.stderr

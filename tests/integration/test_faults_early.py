@@ -83,7 +83,7 @@ def test_bad_bank_file_leaves_no_folder(image, tiny_config, tmp_path):
     assert not out.exists()
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a bank")
-    one_line_error(run_cli(*base, "--bank", junk), 2, "cannot read bank")
+    one_line_error(run_cli(*base, "--bank", junk), 2, "is not an anoclip bank")
     assert not out.exists()
 
 

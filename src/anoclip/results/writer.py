@@ -160,9 +160,8 @@ class ResultWriter:
                 threshold.to_json(self.out / THRESHOLD)
         rows = decide_rows(rows, threshold)
         write_rows(self.out / SCORES, rows)
-        if threshold is not None:
-            todo = [r for r in rows if r["name"] not in self.drawn]
-            draw_rows(self.out, todo, threshold, self.overlays, progress)
+        todo = [r for r in rows if r["name"] not in self.drawn]
+        draw_rows(self.out, todo, threshold, self.overlays, progress)
         return threshold, rows
 
     def __enter__(self) -> ResultWriter:
@@ -254,13 +253,14 @@ def draw(
     name: str,
     anomaly_map: np.ndarray | Path,
     image_source: object,
-    threshold: Threshold,
+    threshold: Threshold | None,
     decision: str | None,
     size: tuple[int, int],
     overlays: bool = True,
 ) -> None:
-    """OUT/maps/NAME.png (the overlay on the threshold's scale; skipped when the image is
-    gone) and OUT/masks/NAME.png (with a pixel bound), size = the image's (width, height)."""
+    """OUT/maps/NAME.png (the overlay on the threshold's scale, [0, 1] without one; skipped
+    when the image is gone) and OUT/masks/NAME.png (with a pixel bound), size = the image's
+    (width, height)."""
     values = report.load_map(anomaly_map)
     if overlays and (not isinstance(image_source, (str, Path)) or Path(image_source).is_file()):
         lo, hi = calibrated_scale(threshold)
@@ -268,12 +268,16 @@ def draw(
         tmp = out / "maps" / f".{name}.png.tmp"
         img.save(tmp, format="PNG", compress_level=6, pnginfo=png_info(lo, hi))
         os.replace(tmp, out / "maps" / f"{name}.png")
-    if threshold.pixel_threshold is not None:
+    if threshold is not None and threshold.pixel_threshold is not None:
         report.write_mask(out, name, values, threshold, decision, size)
 
 
 def draw_rows(
-    out: Path, rows: Sequence[Row], threshold: Threshold, overlays: bool, progress: bool = False
+    out: Path,
+    rows: Sequence[Row],
+    threshold: Threshold | None,
+    overlays: bool,
+    progress: bool = False,
 ) -> None:
     """:func:`draw` for each row from its OUT/maps/NAME.npy (one file at a time)."""
     what = "overlays and masks" if overlays else "masks"
