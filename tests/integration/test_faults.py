@@ -211,7 +211,7 @@ def test_sigint_mid_run_keeps_finished_results(tiny_config, mvtec, tmp_path):
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert 2 <= len(rows) < 24
-    for row in rows:  # every logged row has its map on disk
+    for row in rows:  # every logged row has its map on disk (default --max-map-side 512)
         assert np.load(out / "maps" / f"{row['name']}.npy").shape == (
             512,
             512,
