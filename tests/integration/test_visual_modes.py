@@ -90,7 +90,7 @@ def test_every_mode_through_the_cli(mode, fusion, tiny_config, random_checkpoint
     got = scores(out)
     assert len(got) == 5 and all(0.0 <= v <= 1.0 for v in got.values())
     maps = sorted((out / "maps").glob("*.npy"))
-    assert len(maps) == 5 and np.load(maps[0]).shape == (1024, 1024)
+    assert len(maps) == 5 and np.load(maps[0]).shape == (512, 512)  # --max-map-side 512
 
 
 def test_saved_bank_gives_identical_scores_and_a_mismatch_is_refused(
