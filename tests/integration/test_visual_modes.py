@@ -172,7 +172,7 @@ def test_normals_are_the_bank_and_calibrate_leaving_themselves_out(
 def test_settings_validation():
     for bad, message in [
         ({"visual_backbone": "resnet50"}, "use clip or timm:<model name>"),
-        ({"visual_backbone": SPEC}, "needs visual_pretrained"),
+        ({"visual_backbone": "timm:resnet18"}, "needs visual_pretrained"),  # no weights ship
         ({"visual_pretrained": "x.pth"}, "needs visual_backbone=timm"),
         ({"duplicate_threshold": 0.0}, "duplicate_threshold"),
         ({"layer_fusion": "sum"}, "layer_fusion='sum'"),
