@@ -192,7 +192,8 @@ def print_done(
         warn(
             f"decisions come from the set itself (the mode of these {len(rows)} scores and "
             "their spread below it): no false-reject guarantee, and it assumes most images "
-            "are good; review the 'review' band, or pass --normal DIR of known-good images"
+            "are good; look at the 'review' band (for a controlled false-reject rate: "
+            "--mode anoclip --normal DIR of known-good images)"
         )
 
 
