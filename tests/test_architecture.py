@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "anoclip"
 MAX_UNIT_LINES = 120
 
 # Bottom to top: a module may import its own layer and the layers below it, never above.
-BASE = {"errors", "settings", "records", "threshold", "extras"}
+BASE = {"errors", "settings", "records", "threshold", "extras", "notes"}
 FACADE = {"pipeline", "detector", "testing"}
 LAYERS = (
     "base", "data", "clip", "references", "decide", "results", "facade", "evaluation",

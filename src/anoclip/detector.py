@@ -16,6 +16,7 @@ applies the label-free outlier rule to the predicted set itself.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from anoclip.data.standalone import capped_size as capped
 from anoclip.decide.calibrate import DEFAULT_CONFIDENCE, DEFAULT_FALSE_REJECT
 from anoclip.decide.decisions import check_calibration, decide_all, normal_items, threshold_from
 from anoclip.errors import AnoclipWarning, ImageDecodeError, UsageError
+from anoclip.notes import NEAR_IDENTICAL, UNFAMILIAR, series_message, series_untrusted
 from anoclip.pipeline import Pipeline
 from anoclip.records import Failure, Prediction
 from anoclip.references.bank import NormalBank
@@ -50,6 +52,17 @@ from anoclip.threshold import Threshold
 
 ThresholdArg = Threshold | float | Literal["unsupervised"] | None
 __all__ = ["Detector", "capped", "decide_all"]
+
+
+def doubt_messages(noted: Mapping[str, int], scored: int) -> list[str]:
+    """One warning line per doubt that concerns the run (`noted`: note -> images with it, of
+    `scored`): unfamiliar images, and a set that near-identical images dominate."""
+    out = []
+    if noted.get(UNFAMILIAR):
+        out.append(unfamiliar_message(noted[UNFAMILIAR], scored, "the bank's known-good images"))
+    if series_untrusted(noted.get(NEAR_IDENTICAL, 0), scored):
+        out.append(series_message(noted[NEAR_IDENTICAL], scored))
+    return out
 
 
 class KnownGood(Pipeline):
@@ -242,7 +255,7 @@ class Detector(KnownGood):
                 f"iter_predict: threshold {threshold!r} needs the whole set; use predict(..., "
                 "threshold='unsupervised') or decide_all(predictions, 'unsupervised')"
             )
-        scored = odd = 0
+        scored, noted = 0, Counter()
         for item in self.iter_scored(images, object_name, tta, **options):
             if isinstance(item, Failure):
                 yield item
@@ -251,8 +264,8 @@ class Detector(KnownGood):
             full = resize_map(item.map, size).clamp(0.0, 1.0).numpy().astype(np.float32)
             pred = Prediction(item.sample.source, item.score, full, item.mode, item.sample.size,
                               notes=item.notes)  # fmt: skip
-            scored, odd = scored + 1, odd + ("unfamiliar" in item.notes)
+            scored += 1
+            noted.update(item.notes)
             yield pred if threshold is None else pred.decided(threshold)
-        if odd:
-            warnings.warn(unfamiliar_message(odd, scored, "the bank's known-good images"),
-                          AnoclipWarning, stacklevel=2)  # fmt: skip
+        for line in doubt_messages(noted, scored):
+            warnings.warn(line, AnoclipWarning, stacklevel=2)

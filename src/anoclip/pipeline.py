@@ -227,7 +227,8 @@ def score_batches(
     if kept:
         with tqdm(total=len(kept), disable=not progress, desc=f"{desc or 'set'}: scoring the set",
                   bar_format=SET_BAR) as bar:  # fmt: skip
-            scored = scorer.score_set(kept, scorer.cat(parts), bar.update)
+            tick = lambda k: bar.update(min(k, bar.total - bar.n))  # noqa: E731 (float sums overshoot)
+            scored = scorer.score_set(kept, scorer.cat(parts), tick)
         yield from scored
 
 

@@ -50,7 +50,9 @@ class Prediction:
     ratio: score / t_d (> 1 means defect; NaN when t_d ≤ 0), with the decision.
     threshold: the applied :class:`~anoclip.threshold.Threshold` (or plain float t).
     notes: what makes the score doubtful: "unfamiliar" (the image does not look like the
-        known-good images, :mod:`anoclip.references.familiarity`).
+        known-good images, :mod:`anoclip.references.familiarity`), "near_identical" (the set
+        holds near-identical images of it, skipped as references where they would dominate,
+        :mod:`anoclip.references.series`).
     """
 
     source: str

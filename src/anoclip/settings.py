@@ -172,8 +172,8 @@ class Settings(_Derived):
     """Combining R references per patch: mean of the ⌈0.3·R⌉ smallest distances (MuSc),
     "min" or "mean"."""
     ref_filter: RefFilter = "none"
-    """"text": reference patches above their own text map's `ref_filter_quantile` are
-    not matched, so a defective reference cannot explain away the same defect."""
+    """"text": reference patches above their own text map's `ref_filter_quantile` are not
+    matched (a defective reference cannot explain away the same defect)."""
     ref_filter_quantile: float = 0.9
     ref_features: RefFeatures = "auto"
     """Visual-branch CLIP tokens: V-V ("vv") or original-path ("ori", as MuSc). "auto": V-V
@@ -195,8 +195,8 @@ class Settings(_Derived):
 
     # --- visual feature source and patch scoring (issue 10; [DESIGN], MuSc-style)
     visual_backbone: str = CLIP_VISUAL
-    """Visual-branch features: "clip" (the CLIP model's own tokens) or "timm:<model name>"
-    (a timm feature extractor, its own second input per image, weights `visual_pretrained`)."""
+    """Visual-branch features: "clip" (the CLIP model's own tokens) or "timm:<model name>" (a
+    timm feature extractor, its own input per image, weights `visual_pretrained`)."""
     visual_pretrained: str | None = None
     """Local checkpoint file of a timm visual backbone (never downloaded); None: the weights
     installed with anoclip, for the backbones that have them (timm:tf_efficientnet_lite0)."""
@@ -223,6 +223,11 @@ class Settings(_Derived):
     """Patch scorer, set modes: references whose features on the common grid have cosine
     above this with the query's are skipped (near-duplicates would explain its defects
     away); 1 = off."""
+    series_ratio: float = 0.7
+    """Set modes of the patch scorer: skip a reference near-identical to the image (the same
+    part shot again, a series with one defect; references/series.py). 0 = off."""
+    refs_cap: int = 128
+    """Patch scorer, refs="all": the cap on references, most similar first (0: no cap)."""
     bank_combine: BankCombine = "min"
     """Mutual (or dual) scores with a normal bank: "min", "mean" or "max" per patch."""
     bank_search: BankSearch = "exact"
@@ -298,6 +303,8 @@ def _validate_visual(self: Settings) -> None:
     _check(len(self.patch_radii) > 0 and all(r >= 1 and r % 2 == 1 for r in self.patch_radii),
            "patch_radii must be odd and >= 1")  # fmt: skip
     _check(0 < self.duplicate_threshold <= 1, "duplicate_threshold must be in (0, 1]")
+    _check(0 <= self.series_ratio < 1, "series_ratio must be in [0, 1) (0 = off)")
+    _check(self.refs_cap >= 0, "refs_cap must be >= 0 (0 = every other image)")
     _check(self.bank_nprobe >= 1, "bank_nprobe must be >= 1")
     for name in ("visual_strides", "patch_radii"):
         object.__setattr__(self, name, tuple(int(x) for x in getattr(self, name)))

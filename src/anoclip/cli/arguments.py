@@ -75,7 +75,9 @@ def add_mode_args(p: argparse.ArgumentParser) -> None:
         "anoclip; with --normal and a visual backbone, and at least 10 inputs: mutual over "
         "all inputs with the known-good images as a bank",
     )
-    p.add_argument("--refs", default=None, help="mutual mode: references per image, k or 'all'")
+    p.add_argument("--refs", default=None,
+                   help="mutual mode: references per image, k or 'all' (the 128 most similar; "
+                        "--set refs_cap=0 for every other image)")  # fmt: skip
     p.add_argument(
         "--tta",
         default="noise",

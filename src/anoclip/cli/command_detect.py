@@ -38,6 +38,7 @@ from anoclip.cli.plan import Plan, model_identity
 from anoclip.cli.run_folder import check_output_folder, run_header
 from anoclip.cli.verdicts import (
     calibrate_on_normals,
+    doubts,
     plan_decisions,
     print_done,
     resumed_decisions,
@@ -119,16 +120,14 @@ def run_detect(args: argparse.Namespace) -> int:
                       overlays=not args.no_overlay, threshold=threshold,
                       map_dtype="float32" if args.full_maps else "float16") as writer:  # fmt: skip
         writer.write_run_info(info)
-        count, skipped, modes, odd = score_all(writer, det, args, plan, paths, bank)
+        count, skipped, modes, noted = score_all(writer, det, args, plan, paths, bank)
         errors = writer.num_errors
-        if modes or odd:
+        if modes or noted:
             extra = {"modes_used": sorted(modes)} if modes else {}
-            if odd:
-                extra["unfamiliar"] = odd  # unlike the bank's known-good images
-            writer.write_run_info({**info, **extra})
+            writer.write_run_info({**info, **extra, **doubts(noted, count)})
     elapsed = time.perf_counter() - started
     final, rows = writer.finalize(thr_id, progress=True)
-    page = write_detect_report(out, rows, final, info, args, odd)
+    page = write_detect_report(out, rows, final, info, args, noted)
     print_done(out, (count, skipped, errors), elapsed, rows, final, page)
     return 1 if errors else 0
 
@@ -173,13 +172,13 @@ def score_all(
     plan: Plan,
     paths: Sequence[Path],
     bank: Any = None,
-) -> tuple[int, int, set[str], list[str]]:
+) -> tuple[int, int, set[str], dict[str, tuple[str, ...]]]:
     """Score the inputs not yet in the writer's folder; returns (scored, skipped, modes,
-    the sources unlike the bank's known-good images)."""
+    the notes of the sources that have some: unfamiliar, near_identical)."""
     names = output_names(paths)
     index_of = {str(p): i for i, p in enumerate(paths)}
     skip = [i for i, p in enumerate(paths) if str(p) in writer.finished]
-    count, modes, odd = 0, set(), []
+    count, modes, noted = 0, set(), {}
     stream = det.iter_predict(
         list(index_of), args.object, plan.tta, mode=args.mode, refs=plan.refs,
         progress=True, skip=skip, max_map_side=args.max_map_side or None, bank=bank,
@@ -191,9 +190,10 @@ def score_all(
             continue
         writer.add(item, names[index_of[item.source]], item.source)
         modes.add(item.mode)
-        odd += [item.source] if "unfamiliar" in getattr(item, "notes", ()) else []
+        if getattr(item, "notes", ()):
+            noted[item.source] = tuple(item.notes)
         count += 1
-    return count, len(skip), modes, odd
+    return count, len(skip), modes, noted
 
 
 def run_info(args: argparse.Namespace, det: Any, finger: dict) -> dict:

@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,13 +197,28 @@ def print_done(
         )
 
 
+def doubts(noted: Mapping[str, Sequence[str]], scored: int) -> dict:
+    """run.json's record of doubtful scores (`noted`: source -> notes, of `scored` images):
+    "unfamiliar" (unlike the bank's known-good images) and "near_identical" (the series
+    screen's images and verdict, when any was noted)."""
+    from anoclip.notes import NEAR_IDENTICAL, UNFAMILIAR, series_summary
+
+    out: dict[str, Any] = {}
+    odd = [s for s, n in noted.items() if UNFAMILIAR in n]
+    if odd:
+        out["unfamiliar"] = odd
+    if any(NEAR_IDENTICAL in n for n in noted.values()):
+        out["near_identical"] = series_summary(noted, scored)
+    return out
+
+
 def write_detect_report(
     out: Path,
     rows: Sequence[dict],
     threshold: Any,
     info: dict,
     args: argparse.Namespace,
-    unfamiliar: Sequence[str] = (),
+    noted: Mapping[str, Sequence[str]] | None = None,
 ) -> Path | None:
     """OUT/report.html over all rows of the folder, maps on the threshold's scale (that of
     maps/NAME.png), the known-good scores in the histogram, the settings the run used."""
@@ -220,8 +235,8 @@ def write_detect_report(
         " (RANDOM weights: scores meaningless)" if info.get("random_weights") else ""
     )
     report = report_rows(out, rows)
-    odd = set(unfamiliar)
-    report = [dataclasses.replace(r, notes=("unfamiliar",)) if r.source in odd else r
+    noted = noted or {}
+    report = [dataclasses.replace(r, notes=tuple(noted[r.source])) if r.source in noted else r
               for r in report]  # fmt: skip
     normals = None if threshold is None else threshold.inputs.get("normal_scores")
     return write_report(out, report, threshold, shown, title,

@@ -15,8 +15,12 @@ Patch scores `[N, L]` in [0, 1], averaged over the feature sets k = (l, r):
     known-good bank        s_bank(i, p) = mean_k min_{m ∈ M_k} ½(1 − ⟨f_k(i, p), m⟩)
     both                   bank_combine(s_mut, s_bank)  ("min": normal if either explains it)
 
-R_i are the `refs` nearest other images by global cosine (dual: 1; "all": every other), skipping
-near-duplicates of the query (layout-descriptor cosine > duplicate_threshold). IM is `ref_agg`.
+R_i are the `refs` nearest other images by global cosine (dual: 1; "all": the `refs_cap`
+nearest), skipping near-duplicates of the query (layout-descriptor cosine >
+duplicate_threshold) and, by the series screen (series.py, `series_ratio`), images that explain
+it far better than its other close images do (the same part shot again, a series with one
+defect) where they would make up half of what IM averages; images that have such are noted
+"near_identical". IM is `ref_agg`.
 Maps: bilinear to the image's model resolution `[H', W']`, Gaussian σ = `gaussian_sigma` px;
 the visual image score is the map's maximum, RsCIN-smoothed over the set with `rscin`.
 With `fusion="visual"` map and score are the visual ones alone (no text branch is computed);
@@ -46,6 +50,7 @@ from anoclip.clip.scoring import gaussian_blur, image_scores, tile_maps
 from anoclip.data.preprocess import VisualPreprocess, stitch
 from anoclip.errors import AnoclipWarning, ImageDecodeError, UsageError
 from anoclip.extras import embedded_weights
+from anoclip.notes import NEAR_IDENTICAL, UNFAMILIAR
 from anoclip.records import Failure, Features, Sample, Scored
 from anoclip.references.bank import BankMeta, NormalBank, combine, refuse_other
 from anoclip.references.familiarity import unfamiliar
@@ -62,6 +67,7 @@ from anoclip.references.patches import (
     upsample,
 )
 from anoclip.references.scorer import Tick
+from anoclip.references.series import series_scores
 from anoclip.references.timm_backbone import VisualBackbone, load_visual_backbone
 from anoclip.references.token_scorer import ScoringContext, kept, score_each
 from anoclip.settings import CLIP_VISUAL, RefCount, Settings
@@ -295,21 +301,38 @@ def patch_scores(
     bank: NormalBank | None,
     settings: Settings,
     tick: Tick | None = None,
-) -> torch.Tensor:
-    """Visual patch scores `[N, L]`: mutual (refs ≠ 0), bank, or both combined."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visual patch scores `[N, L]`: mutual (refs ≠ 0), bank, or both combined; and `[N]`
+    bool, the images with near-identical images in the set (series.py's screen)."""
     s = settings
-    mutual = None
+    mutual, near = None, torch.zeros(patches.glob.shape[0], dtype=torch.bool)
     if refs:
-        exclude = None
-        if s.duplicate_threshold < 1:
-            exclude = duplicate_mask(patches.layout, s.duplicate_threshold)
-        chosen = nearest_references(patches.glob, refs, exclude)
-        mutual = mutual_scores(patches.feats, chosen, s.ref_agg, tick=tick)
+        mutual, near, _ = mutual_part(patches, refs, s, tick)
     if bank is None:
         assert mutual is not None, "no references and no bank"
-        return mutual
+        return mutual, near
     own = bank.scores(patches.feats, search=s.bank_search, nprobe=s.bank_nprobe)
-    return own if mutual is None else combine(mutual, own, s.bank_combine)
+    return (own if mutual is None else combine(mutual, own, s.bank_combine)), near
+
+
+def mutual_part(
+    patches: PatchSet, refs: RefCount, settings: Settings, tick: Tick | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Mutual patch scores `[N, L]` against the `refs` most similar others (skipping layout
+    near-duplicates), through the series screen unless `series_ratio` = 0 and "all" is not
+    capped; with the `[N]` near-identical flags and each image's references."""
+    s = settings
+    exclude = None
+    if s.duplicate_threshold < 1:
+        exclude = duplicate_mask(patches.layout, s.duplicate_threshold)
+    cap = s.refs_cap or None
+    if s.series_ratio == 0 and (refs != "all" or cap is None):
+        chosen = nearest_references(patches.glob, refs, exclude)
+        none = torch.zeros(patches.glob.shape[0], dtype=torch.bool)
+        return mutual_scores(patches.feats, chosen, s.ref_agg, tick=tick), none, chosen
+    found = series_scores(patches.feats, patches.glob, refs, s.ref_agg, exclude,
+                          ratio=s.series_ratio, cap=cap, tick=tick)  # fmt: skip
+    return found.scores, found.verdict.flags, found.references
 
 
 def unused_settings(settings: Settings, refs: RefCount) -> list[str]:
@@ -359,7 +382,7 @@ def score_patches(
                 "images, or a bank of known-good images"
             )
         return score_each(samples, text, context)
-    vis = patch_scores(patches, refs, bank, s, tick)
+    vis, near = patch_scores(patches, refs, bank, s, tick)
     vis_maps = [
         gaussian_blur(upsample(vis[i : i + 1], patches.grid, smp.layout.size), s.gaussian_sigma)[0]
         for i, smp in enumerate(samples)
@@ -372,12 +395,16 @@ def score_patches(
     if s.rscin and refs:
         scores = rscin(scores, patches.glob)
     mode = mode_name(refs, bank)
-    odd = [False] * len(samples)
+    odd = torch.zeros(len(samples), dtype=torch.bool)
     if bank is not None and bank.glob is not None:
-        odd = unfamiliar(patches.glob, bank.glob).tolist()
+        odd = unfamiliar(patches.glob, bank.glob)
+    notes = [
+        tuple(n for n, on in ((UNFAMILIAR, a), (NEAR_IDENTICAL, b)) if on)
+        for a, b in zip(odd.tolist(), near.tolist())
+    ]
     return [
-        Scored(smp, float(score), m.float().cpu(), mode, ("unfamiliar",) if strange else ())
-        for smp, score, m, strange in zip(samples, scores.tolist(), maps, odd)
+        Scored(smp, float(score), m.float().cpu(), mode, note)
+        for smp, score, m, note in zip(samples, scores.tolist(), maps, notes)
     ]
 
 

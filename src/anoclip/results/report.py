@@ -64,6 +64,7 @@ from scipy import ndimage
 from anoclip.data.images import load_rgb
 from anoclip.decide.calibrate import Counts, confusion
 from anoclip.errors import ImageDecodeError, ReportError
+from anoclip.notes import NEAR_IDENTICAL, UNFAMILIAR, series_untrusted
 from anoclip.results.overlays import (
     FIXED_SCALE,
     OPACITY_RAMP,
@@ -81,7 +82,6 @@ GT_COLOUR = (0, 255, 0)
 PRED_COLOUR = (255, 0, 255)  # the decision's mask: magenta, a colour "jet" never draws
 NORMAL_LABELS = ("good", "normal", "ok")
 FLAGGED = ("review", "defect")
-UNFAMILIAR = "unfamiliar"
 SIG_DIGITS = 3  # significant digits of the thresholds on the page
 MapInput = np.ndarray | str | os.PathLike
 
@@ -121,6 +121,10 @@ class ReportRow:
     @property
     def unfamiliar(self) -> bool:
         return UNFAMILIAR in self.notes
+
+    @property
+    def near_identical(self) -> bool:
+        return NEAR_IDENTICAL in self.notes
 
     @property
     def truth(self) -> bool | None:
@@ -654,6 +658,7 @@ def _render(
         "label": row.label,
         "truth": row.truth,
         "unfamiliar": row.unfamiliar,
+        "near_identical": row.near_identical,
         "w": view_size[0],
         "h": view_size[1],
         "img": data_uri(Image.fromarray(rgb), opts["image_format"], opts["quality"]),
@@ -883,6 +888,8 @@ def _page(
             **{d: decisions.count(d) for d in ("ok", "review", "defect")},
             "wrong": sum(c["wrong"] for c in cards),
             "unfamiliar": sum(r.unfamiliar for r in rows),
+            "near_identical": (near := sum(r.near_identical for r in rows)),
+            "series_untrusted": series_untrusted(near, len(rows)),
         },
         "histogram": histogram(
             [r.score for r in rows],
@@ -920,6 +927,7 @@ def _card(index: int, row: ReportRow, out: _Rendered, digits: int = SIG_DIGITS) 
     return {
         "index": index, "name": row.name, "score": float(row.score), "ratio": ratio,
         "score_label": sig(row.score, digits), "unfamiliar": row.unfamiliar,
+        "near_identical": row.near_identical,
         "decision": row.decision, "label": row.label, "truth": row.truth, "wrong": wrong,
         "thumb": out.thumb, "tw": out.thumb_size[0], "th": out.thumb_size[1],
     }  # fmt: skip
