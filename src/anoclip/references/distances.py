@@ -106,17 +106,27 @@ def _random_pairs(allowed: torch.Tensor, generator: torch.Generator) -> torch.Te
     return partner
 
 
-def aggregate(d: torch.Tensor, how: str) -> torch.Tensor:
-    """Per-patch distances to R references `[..., L, R]` -> `[..., L]`."""
-    r = d.shape[-1]
+def averaged(how: str, refs: int) -> int:
+    """How many of R reference distances the aggregate `how` averages: "interval_mean"
+    ⌈0.3·R⌉ (at least 1), "min" 1, "mean" R."""
     if how == "interval_mean":
-        k = max(1, math.ceil(0.3 * r))
-        return d.topk(k, dim=-1, largest=False).values.mean(dim=-1)
+        return max(1, math.ceil(0.3 * refs))
+    if how == "min":
+        return 1
+    if how == "mean":
+        return refs
+    raise ValueError(f"unknown ref_agg {how!r}: use interval_mean, min or mean")
+
+
+def aggregate(d: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-patch distances to R references `[..., L, R]` -> `[..., L]`: the mean of the
+    :func:`averaged` smallest."""
+    k = averaged(how, d.shape[-1])
     if how == "min":
         return d.min(dim=-1).values
     if how == "mean":
         return d.mean(dim=-1)
-    raise ValueError(f"unknown ref_agg {how!r}: use interval_mean, min or mean")
+    return d.topk(k, dim=-1, largest=False).values.mean(dim=-1)
 
 
 def nn_distances(

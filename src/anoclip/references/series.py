@@ -26,7 +26,7 @@ An image with any near-identical candidate is flagged: when at least half the im
 near-identical clusters dominate the set (:func:`series_verdict`) and its scores cannot be
 fully trusted. Its m near-identical candidates are skipped as references (the next most
 similar are taken) when they could explain its defects away, i.e. when they would make up at
-least half of what the aggregate of its R references averages (:func:`averaged`):
+least half of what the aggregate of its R references averages (distances.averaged):
 
     skip ⟺ 2·m ≥ A(R),   A = 1 ("min"), ⌈0.3·R⌉ ("interval_mean"), R ("mean")
 
@@ -46,14 +46,13 @@ references):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from anoclip.notes import UNTRUSTED_SHARE, series_message, series_untrusted
-from anoclip.references.distances import DEFAULT_CHUNK_ELEMS, aggregate
+from anoclip.references.distances import DEFAULT_CHUNK_ELEMS, aggregate, averaged
 from anoclip.references.neighbours import RefCount, cosine_matrix, nearest_references
 from anoclip.references.patches import Key, mutual_scores
 from anoclip.references.scorer import Tick
@@ -286,15 +285,6 @@ def series_scores(
         pool, dists = _with_missing(features, pool, dists, refs, chunk_elems)
         scores = _pooled_scores(dists, pool, refs, how)
     return SeriesScores(scores, refs, screened, dup_head, verdict)
-
-
-def averaged(how: str, refs: int) -> int:
-    """How many of R reference distances the aggregate `how` averages: "min" 1,
-    "interval_mean" ⌈0.3·R⌉, "mean" R. Near-identical references are skipped only when
-    they would make up at least half of them (module doc)."""
-    if how == "min":
-        return 1
-    return refs if how == "mean" else max(1, math.ceil(0.3 * refs))
 
 
 def _scaled(tick: Tick | None, weight: float) -> Tick | None:
