@@ -52,25 +52,41 @@ def nearest_references(
     (k = 1: dual), or every other image ("all"). `exclude` `[N, N]` bool (e.g. a
     :func:`duplicate_mask`) removes candidates; a query left with none keeps the excluded
     ones (a guard never leaves an image without references)."""
-    n = glob.shape[0]
-    if n < 2:
+    sim = other_similarities(glob, num_refs)
+    return [pick(row, num_refs, [None if exclude is None else exclude[i]])
+            for i, row in enumerate(sim)]  # fmt: skip
+
+
+def other_similarities(glob: torch.Tensor, num_refs: RefCount) -> torch.Tensor:
+    """`[N, N]` cosines with −inf on the diagonal, after checking N ≥ 2 and `num_refs`."""
+    if glob.shape[0] < 2:
         raise ValueError("every image needs at least one other image as reference")
+    if num_refs != "all" and int(num_refs) < 1:
+        raise ValueError(f"num_refs must be >= 1 or 'all', got {num_refs!r}")
     sim = cosine_matrix(glob)
     sim.fill_diagonal_(float("-inf"))
-    out = []
-    for i in range(n):
-        row = sim[i]
-        if exclude is not None and bool((~exclude[i] & torch.isfinite(row)).any()):
-            row = row.masked_fill(exclude[i], float("-inf"))
-        allowed = torch.isfinite(row)
-        if num_refs == "all":
-            out.append(allowed.nonzero()[:, 0])
-            continue
-        k = int(num_refs)
-        if k < 1:
-            raise ValueError(f"num_refs must be >= 1 or 'all', got {num_refs!r}")
-        out.append(row.topk(min(k, int(allowed.sum()))).indices)
-    return out
+    return sim
+
+
+def pick(
+    row: torch.Tensor,
+    num_refs: RefCount,
+    blocked: Sequence[torch.Tensor | None],
+    cap: int | None = None,
+) -> torch.Tensor:
+    """One image's references from its similarities `[N]` (−inf: never): the first of the
+    `blocked` `[N]` masks that leaves a candidate removes its candidates (none does: all
+    stay); then the k most similar (most similar first), or for "all" every candidate, the
+    `cap` most similar when given (cap None or ≥ the candidates: all, in index order)."""
+    for b in blocked:
+        if b is not None and bool((~b & torch.isfinite(row)).any()):
+            row = row.masked_fill(b, float("-inf"))
+            break
+    allowed = torch.isfinite(row)
+    if num_refs == "all" and (cap is None or cap >= int(allowed.sum())):
+        return allowed.nonzero()[:, 0]
+    k = int(cap) if num_refs == "all" else int(num_refs)  # type: ignore[arg-type]
+    return row.topk(min(k, int(allowed.sum()))).indices
 
 
 def rscin(scores: torch.Tensor, glob: torch.Tensor, ks: Sequence[int] = (1, 2, 3)) -> torch.Tensor:

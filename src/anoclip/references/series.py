@@ -53,7 +53,12 @@ import torch
 
 from anoclip.notes import UNTRUSTED_SHARE, series_message, series_untrusted
 from anoclip.references.distances import DEFAULT_CHUNK_ELEMS, aggregate, averaged
-from anoclip.references.neighbours import RefCount, cosine_matrix, nearest_references
+from anoclip.references.neighbours import (
+    RefCount,
+    nearest_references,
+    other_similarities,
+    pick,
+)
 from anoclip.references.patches import Key, mutual_scores
 from anoclip.references.scorer import Tick
 
@@ -99,30 +104,13 @@ def series_references(
     cosine (most similar first), or for "all" every other image, the `cap` most similar when
     given (cap None or >= N-1: all, in index order). When skipping would leave an image none,
     the near-identical ones come back, then the excluded (never without references)."""
-    n = glob.shape[0]
-    if n < 2:
-        raise ValueError("every image needs at least one other image as reference")
-    if num_refs != "all" and int(num_refs) < 1:
-        raise ValueError(f"num_refs must be >= 1 or 'all', got {num_refs!r}")
-    sim = cosine_matrix(glob)
-    sim.fill_diagonal_(float("-inf"))
+    sim = other_similarities(glob, num_refs)
     out = []
-    for i in range(n):
-        row = sim[i]
-        skip = torch.zeros(n, dtype=torch.bool)
-        if exclude is not None:
-            skip |= exclude[i]
+    for i, row in enumerate(sim):
+        guard = None if exclude is None else exclude[i]
+        skip = torch.zeros_like(row, dtype=torch.bool) if guard is None else guard.clone()
         skip[pool[i][duplicates[i]]] = True
-        for blocked in (skip, exclude[i] if exclude is not None else None):
-            if blocked is not None and bool((~blocked & torch.isfinite(row)).any()):
-                row = row.masked_fill(blocked, float("-inf"))
-                break
-        allowed = int(torch.isfinite(row).sum())
-        if num_refs == "all" and (cap is None or cap >= allowed):
-            out.append(torch.isfinite(row).nonzero()[:, 0])
-            continue
-        k = int(cap) if num_refs == "all" else int(num_refs)  # type: ignore[arg-type]
-        out.append(row.topk(min(k, allowed)).indices)
+        out.append(pick(row, num_refs, [skip, guard], cap))
     return out
 
 
