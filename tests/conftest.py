@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -71,3 +72,15 @@ def evaluate_two_categories(mvtec_root: Path, out: Path, *extra: str) -> list[st
     """`anoclip evaluate` arguments for the two shared MVTec categories."""
     return ["evaluate", "--dataset", "mvtec", "--root", str(mvtec_root), "--categories",
             "screw", "transistor", "--out", str(out), *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def textures():
+    """benchmarks/textures.py, the procedural texture generator (it ships no images)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("textures", REPO / "benchmarks" / "textures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("textures", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

@@ -54,14 +54,15 @@ ThresholdArg = Threshold | float | Literal["unsupervised"] | None
 __all__ = ["Detector", "capped", "decide_all"]
 
 
-def doubt_messages(noted: Mapping[str, int], scored: int) -> list[str]:
+def doubt_messages(noted: Mapping[str, int], scored: int, *, banked: bool = False) -> list[str]:
     """One warning line per doubt that concerns the run (`noted`: note -> images with it, of
-    `scored`): unfamiliar images, and a set that near-identical images dominate."""
+    `scored`; `banked`: scored with a bank of known-good images): unfamiliar images, and a
+    set that near-identical images dominate."""
     out = []
     if noted.get(UNFAMILIAR):
         out.append(unfamiliar_message(noted[UNFAMILIAR], scored, "the bank's known-good images"))
     if series_untrusted(noted.get(NEAR_IDENTICAL, 0), scored):
-        out.append(series_message(noted[NEAR_IDENTICAL], scored))
+        out.append(series_message(noted[NEAR_IDENTICAL], scored, banked=banked))
     return out
 
 
@@ -267,5 +268,5 @@ class Detector(KnownGood):
             scored += 1
             noted.update(item.notes)
             yield pred if threshold is None else pred.decided(threshold)
-        for line in doubt_messages(noted, scored):
+        for line in doubt_messages(noted, scored, banked=options.get("bank") is not None):
             warnings.warn(line, AnoclipWarning, stacklevel=2)

@@ -52,7 +52,9 @@ class Prediction:
     notes: what makes the score doubtful: "unfamiliar" (the image does not look like the
         known-good images, :mod:`anoclip.references.familiarity`), "near_identical" (the set
         holds near-identical images of it, skipped as references where they would dominate,
-        :mod:`anoclip.references.series`).
+        :mod:`anoclip.references.series`), "global_change" (the whole image differs from
+        what is normal and its global term raised its score, the map staying patch-level,
+        :mod:`anoclip.references.global_score`).
     """
 
     source: str

@@ -216,26 +216,26 @@ class Settings(_Derived):
     """Patch scorer: "concat" one joint nearest neighbour over the concatenated layers;
     "mean" one per layer, distances averaged (MuSc)."""
     rscin: bool = True
-    """Set modes of the patch scorer: RsCIN kNN smoothing of image scores over the set's
-    global features (MuSc). On by default: +0.018 image AUROC on transistor mutual-all,
-    pixel metrics unchanged (benchmarks/real_features.py)."""
+    """Set modes of the patch scorer: RsCIN kNN smoothing of image scores (MuSc; +0.018
+    image AUROC on transistor mutual-all, benchmarks/real_features.py)."""
     duplicate_threshold: float = 0.95
-    """Patch scorer, set modes: references whose features on the common grid have cosine
-    above this with the query's are skipped (near-duplicates would explain its defects
-    away); 1 = off."""
+    """Patch scorer, set modes: skip references whose common-grid features have cosine
+    above this with the query's (near-duplicates explain defects away); 1 = off."""
     series_ratio: float = 0.7
-    """Set modes of the patch scorer: skip a reference near-identical to the image (the same
-    part shot again, a series with one defect; references/series.py). 0 = off."""
+    """Set modes: skip references near-identical to the image (references/series.py); 0 off."""
     refs_cap: int = 128
     """Patch scorer, refs="all": the cap on references, most similar first (0: no cap)."""
     bank_combine: BankCombine = "min"
     """Mutual (or dual) scores with a normal bank: "min", "mean" or "max" per patch."""
     bank_search: BankSearch = "exact"
-    """Nearest-neighbour search in a bank: "exact", or "ivf" (faiss IVF index, extra `ann`;
-    banks of ≥ 50,000 patches, smaller ones stay exact): 9× faster at 10⁵ patches, 28× at
-    10⁶, recall@1 ≥ 0.99 (benchmarks/bank_search.py)."""
+    """Bank search: "exact", or "ivf" (faiss IVF, extra `ann`, banks of ≥ 50,000 patches;
+    benchmarks/bank_search.py)."""
     bank_nprobe: int = 8
     """bank_search="ivf": inverted lists searched per query patch."""
+    border_depth: int = 3
+    """Patch scorer: border classes put on the interior's scale (references/border.py); 0 off."""
+    global_k: float = 4.0
+    """Patch scorer: the global branch adds past κ spreads (references/global_score.py); 0 off."""
 
     # --- input (§1, §2.7)
     tiling: Tiling = "none"
@@ -306,6 +306,8 @@ def _validate_visual(self: Settings) -> None:
     _check(0 <= self.series_ratio < 1, "series_ratio must be in [0, 1) (0 = off)")
     _check(self.refs_cap >= 0, "refs_cap must be >= 0 (0 = every other image)")
     _check(self.bank_nprobe >= 1, "bank_nprobe must be >= 1")
+    _check(self.border_depth >= 0, "border_depth must be >= 0 (0 = off)")
+    _check(self.global_k >= 0, "global_k must be >= 0 (0 = off)")
     for name in ("visual_strides", "patch_radii"):
         object.__setattr__(self, name, tuple(int(x) for x in getattr(self, name)))
 

@@ -28,7 +28,8 @@ def test_screws_against_a_transistor_bank_are_unfamiliar_transistors_are_not():
         warnings.simplefilter("always")
         wrong = det.predict([str(p) for p in screws], "transistor", bank=bank)
         right = det.predict([str(p) for p in transistors], "transistor", bank=bank)
-    assert [p.notes for p in wrong] == [("unfamiliar",)] * 3
-    assert all(p.notes == () for p in right)
+    # another part is a global change too (references/global_score.py)
+    assert [p.notes for p in wrong] == [("unfamiliar", "global_change")] * 3
+    assert all("unfamiliar" not in p.notes for p in right)
     said = [str(w.message) for w in seen if "do not look like" in str(w.message)]
     assert len(said) == 1 and said[0].startswith("3 of 3 input image(s)")

@@ -128,7 +128,9 @@ def run_detect(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     final, rows = writer.finalize(thr_id, progress=True)
     page = write_detect_report(out, rows, final, info, args, noted)
-    print_done(out, (count, skipped, errors), elapsed, rows, final, page)
+    print_done(
+        out, (count, skipped, errors), elapsed, rows, final, page, banked=plan.normals_as_bank
+    )
     return 1 if errors else 0
 
 
@@ -174,7 +176,7 @@ def score_all(
     bank: Any = None,
 ) -> tuple[int, int, set[str], dict[str, tuple[str, ...]]]:
     """Score the inputs not yet in the writer's folder; returns (scored, skipped, modes,
-    the notes of the sources that have some: unfamiliar, near_identical)."""
+    the notes of the sources that have some: unfamiliar, near_identical, global_change)."""
     names = output_names(paths)
     index_of = {str(p): i for i, p in enumerate(paths)}
     skip = [i for i, p in enumerate(paths) if str(p) in writer.finished]

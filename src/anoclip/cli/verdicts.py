@@ -177,8 +177,11 @@ def print_done(
     rows: Sequence[dict],
     final: Any,
     page: Path | None,
+    *,
+    banked: bool = False,
 ) -> None:
-    """The closing log line of `anoclip detect`; counts: (scored, skipped, unreadable)."""
+    """The closing log line of `anoclip detect`; counts: (scored, skipped, unreadable);
+    `banked`: the --normal images were the set's bank (their advice is then --mode anoclip)."""
     count, skipped, errors = counts
     print(
         f"anoclip: scored {count} image(s) in {elapsed:.1f} s"
@@ -189,24 +192,32 @@ def print_done(
         file=sys.stderr,
     )
     if final is not None and final.unsupervised:
+        how = (
+            "--mode anoclip, which calibrates on the --normal images"
+            if banked
+            else "--mode anoclip --normal DIR of known-good images"
+        )
         warn(
             f"decisions come from the set itself (the mode of these {len(rows)} scores and "
             "their spread below it): no false-reject guarantee, and it assumes most images "
-            "are good; look at the 'review' band (for a controlled false-reject rate: "
-            "--mode anoclip --normal DIR of known-good images)"
+            f"are good; look at the 'review' band (for a controlled false-reject rate: {how})"
         )
 
 
 def doubts(noted: Mapping[str, Sequence[str]], scored: int) -> dict:
     """run.json's record of doubtful scores (`noted`: source -> notes, of `scored` images):
-    "unfamiliar" (unlike the bank's known-good images) and "near_identical" (the series
-    screen's images and verdict, when any was noted)."""
-    from anoclip.notes import NEAR_IDENTICAL, UNFAMILIAR, series_summary
+    "unfamiliar" (unlike the bank's known-good images), "global_change" (the whole image
+    differs from the normal ones) and "near_identical" (the series screen's images and
+    verdict, when any was noted)."""
+    from anoclip.notes import GLOBAL_CHANGE, NEAR_IDENTICAL, UNFAMILIAR, series_summary
 
     out: dict[str, Any] = {}
     odd = [s for s, n in noted.items() if UNFAMILIAR in n]
     if odd:
         out["unfamiliar"] = odd
+    changed = [s for s, n in noted.items() if GLOBAL_CHANGE in n]
+    if changed:
+        out["global_change"] = changed
     if any(NEAR_IDENTICAL in n for n in noted.values()):
         out["near_identical"] = series_summary(noted, scored)
     return out

@@ -139,25 +139,33 @@ def nearest_distance(
 
 @dataclass
 class NormalBank:
-    """Normal patch features per (layer, radius) `[M, C_l]`, with their metadata, and the
-    images' global features `[B, D]` (None in a bank saved before they were kept)."""
+    """Normal patch features per (layer, radius) `[M, C_l]` and their metadata; the images'
+    global features `[B, D]` and statistics `[B, D']` (None in older bank files); profiles:
+    the leave-one-out calibration per map size (profile.py), shared with leave_out copies."""
 
     meta: BankMeta
     features: dict[Key, torch.Tensor]
     _indexes: dict[Key, Any] = field(default_factory=dict, repr=False, compare=False)
     glob: torch.Tensor | None = None
+    stats: torch.Tensor | None = None
+    profiles: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
-        cls, features: Mapping[Key, torch.Tensor], meta: BankMeta, glob: torch.Tensor | None = None
+        cls,
+        features: Mapping[Key, torch.Tensor],
+        meta: BankMeta,
+        glob: torch.Tensor | None = None,
+        stats: torch.Tensor | None = None,
     ) -> NormalBank:
-        """From patch features {(l, r): `[B, L, C_l]`} of B normal images, and their global
-        features `[B, D]` (:mod:`anoclip.references.familiarity`)."""
+        """From patch features {(l, r): `[B, L, C_l]`} of B normal images, their global
+        features `[B, D]` (:mod:`anoclip.references.familiarity`) and image statistics."""
         keys, want = sorted(features), meta.keys()
         if keys != want:
             raise BankError(f"bank features {keys} do not match the metadata's {want}")
         flat = {k: features[k].reshape(-1, features[k].shape[-1]).float() for k in keys}
-        return cls(meta, flat, glob=None if glob is None else glob.float())
+        as_float = lambda t: None if t is None else t.float()  # noqa: E731
+        return cls(meta, flat, glob=as_float(glob), stats=as_float(stats))
 
     @property
     def size(self) -> int:  # normal patches per feature set
@@ -176,17 +184,24 @@ class NormalBank:
             raise IndexError(f"bank image {index} of {self.num_images}")
         keep = torch.ones(self.size, dtype=torch.bool)
         keep[index * per : (index + 1) * per] = False
-        glob = None if self.glob is None else torch.cat([self.glob[:index], self.glob[index + 1 :]])
-        return NormalBank(self.meta, {k: v[keep] for k, v in self.features.items()}, glob=glob)
+        but = lambda t: None if t is None else torch.cat([t[:index], t[index + 1 :]])  # noqa: E731
+        kept, other = {k: v[keep] for k, v in self.features.items()}, but(self.stats)
+        return NormalBank(self.meta, kept, glob=but(self.glob), stats=other, profiles=self.profiles)
 
-    def add(self, features: Mapping[Key, torch.Tensor], glob: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        features: Mapping[Key, torch.Tensor],
+        glob: torch.Tensor | None = None,
+        stats: torch.Tensor | None = None,
+    ) -> None:
         """Append the patches of more normal images {(l, r): `[B, L, C_l]`} (and their global
-        features `[B, D]`; without them the bank's are dropped)."""
+        features `[B, D]` and statistics; without them the bank's are dropped)."""
         if sorted(features) != sorted(self.features):
             raise BankError("added features do not have the bank's (layer, radius) sets")
         for k, v in features.items():
             self.features[k] = torch.cat([self.features[k], v.reshape(-1, v.shape[-1]).float()])
-        self.glob = None if self.glob is None or glob is None else torch.cat([self.glob, glob])
+        both = lambda a, b: None if a is None or b is None else torch.cat([a, b])  # noqa: E731
+        self.glob, self.stats, self.profiles = both(self.glob, glob), both(self.stats, stats), {}
         self._indexes.clear()
 
     def scores(
@@ -229,8 +244,9 @@ class NormalBank:
             "meta": self.meta.to_json(),
             "features": {f"{li}_{r}": v.contiguous() for (li, r), v in self.features.items()},
         }
-        if self.glob is not None:
-            payload["glob"] = self.glob.contiguous()
+        for name in ("glob", "stats"):
+            if getattr(self, name) is not None:
+                payload[name] = getattr(self, name).contiguous()
         try:
             torch.save(payload, Path(path))
         except OSError as exc:
@@ -239,24 +255,31 @@ class NormalBank:
     @classmethod
     def load(cls, path: str | os.PathLike, expect: BankMeta | None = None) -> NormalBank:
         """Read a bank; with `expect`, refuse one built with different settings."""
-        p = Path(path)
-        if not p.is_file():
-            raise BankError(f"bank not found: {p}")
-        try:
-            payload = load_tensors(p)
-        except TensorFileError as exc:
-            raise BankError(f"{p} is not an anoclip bank: {exc}") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise BankError(f"{p} is not an anoclip bank ({FORMAT})")
-        meta = BankMeta.from_json(payload["meta"])
-        if expect is not None:
-            refuse_other(meta, expect, f"bank {p}")
-        feats = {}
-        for name, v in payload["features"].items():
-            li, r = name.split("_")
-            feats[(int(li), int(r))] = v
-        glob = payload.get("glob")
-        return cls(meta, feats, glob=glob if isinstance(glob, torch.Tensor) else None)
+        return read_bank(path, expect)
+
+
+def read_bank(path: str | os.PathLike, expect: BankMeta | None = None) -> NormalBank:
+    """A bank file (NormalBank.save) -> the bank; with `expect`, refuse one built with
+    different settings (BankError naming the fields)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BankError(f"bank not found: {p}")
+    try:
+        payload = load_tensors(p)
+    except TensorFileError as exc:
+        raise BankError(f"{p} is not an anoclip bank: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BankError(f"{p} is not an anoclip bank ({FORMAT})")
+    meta = BankMeta.from_json(payload["meta"])
+    if expect is not None:
+        refuse_other(meta, expect, f"bank {p}")
+    feats = {}
+    for name, v in payload["features"].items():
+        li, r = name.split("_")
+        feats[(int(li), int(r))] = v
+    kept = {n: payload.get(n) for n in ("glob", "stats")}
+    kept = {n: v if isinstance(v, torch.Tensor) else None for n, v in kept.items()}
+    return NormalBank(meta, feats, **kept)
 
 
 def combine(mutual: torch.Tensor, bank: torch.Tensor, how: str = "min") -> torch.Tensor:

@@ -46,15 +46,18 @@ import torch
 
 from anoclip.clip.backbone import Backbone
 from anoclip.clip.encoder import VVEncoder
-from anoclip.clip.scoring import gaussian_blur, image_scores, tile_maps
+from anoclip.clip.scoring import image_scores, tile_maps
 from anoclip.data.preprocess import VisualPreprocess, stitch
 from anoclip.errors import AnoclipWarning, ImageDecodeError, UsageError
 from anoclip.extras import embedded_weights
-from anoclip.notes import NEAR_IDENTICAL, UNFAMILIAR
+from anoclip.notes import GLOBAL_CHANGE, NEAR_IDENTICAL, UNFAMILIAR
 from anoclip.records import Failure, Features, Sample, Scored
 from anoclip.references.bank import BankMeta, NormalBank, combine, refuse_other
+from anoclip.references.border import equalise
 from anoclip.references.familiarity import unfamiliar
 from anoclip.references.fusion import fuse_maps, fuse_scores, moments
+from anoclip.references.global_score import fuse as fuse_global
+from anoclip.references.global_score import image_statistics
 from anoclip.references.neighbours import duplicate_mask, nearest_references, rscin
 from anoclip.references.patches import (
     common_grid,
@@ -64,8 +67,8 @@ from anoclip.references.patches import (
     mutual_scores,
     patch_features,
     tokens_to_map,
-    upsample,
 )
+from anoclip.references.profile import bank_profile, global_distance, visual_map
 from anoclip.references.scorer import Tick
 from anoclip.references.series import series_scores
 from anoclip.references.timm_backbone import VisualBackbone, load_visual_backbone
@@ -83,22 +86,26 @@ class PatchSet:
     """Patch features of N images on one grid (h, w), L = h·w.
 
     feats: {(l, r): `[N, L, C_k]`} L2-normalised; glob: `[N, D]` global features (reference
-    choice, RsCIN); layout: `[N, K]` position-aware descriptors (near-duplicate guard)."""
+    choice, RsCIN); layout: `[N, K]` position-aware descriptors (near-duplicate guard);
+    stats: `[N, D']` image statistics (the global branch, global_score.py; None: off)."""
 
     feats: dict[tuple[int, int], torch.Tensor]
     glob: torch.Tensor
     layout: torch.Tensor
     grid: tuple[int, int]
+    stats: torch.Tensor | None = None
 
     @staticmethod
     def cat(parts: Sequence[PatchSet]) -> PatchSet:
         """Several batches as one set (images concatenated in order)."""
         keys = parts[0].feats
+        stats = [p.stats for p in parts]
         return PatchSet(
             {k: torch.cat([p.feats[k] for p in parts]) for k in keys},
             torch.cat([p.glob for p in parts]),
             torch.cat([p.layout for p in parts]),
             parts[0].grid,
+            None if any(x is None for x in stats) else torch.cat(stats),
         )
 
 
@@ -169,6 +176,7 @@ class VisualSource:
                 global_features(maps).cpu(),
                 layout_descriptor(maps, grid).cpu(),
                 grid,
+                image_statistics(maps).cpu(),
             )
 
     def grid(self) -> tuple[int, int]:
@@ -227,7 +235,7 @@ def bank_from(
                 raise ImageDecodeError(f"bank image {b.source}: {b.reason}")
         parts.append(visual.patch_set(batch))  # type: ignore[arg-type]
     found = PatchSet.cat(parts)
-    return NormalBank.build(found.feats, visual.bank_meta(object_name), found.glob)
+    return NormalBank.build(found.feats, visual.bank_meta(object_name), found.glob, found.stats)
 
 
 @dataclass
@@ -383,11 +391,15 @@ def score_patches(
             )
         return score_each(samples, text, context)
     vis, near = patch_scores(patches, refs, bank, s, tick)
+    size = samples[0].layout.size
+    profile = None if refs else bank_profile(bank, s, size)
+    vis = equalise(vis, vis if refs else profile.patches, patches.grid, s.border_depth)
     vis_maps = [
-        gaussian_blur(upsample(vis[i : i + 1], patches.grid, smp.layout.size), s.gaussian_sigma)[0]
+        visual_map(vis[i], patches.grid, smp.layout.size, s.gaussian_sigma)
         for i, smp in enumerate(samples)
     ]
     vis_max = torch.stack([m.max() for m in vis_maps])
+    vis_max, changed = global_part(vis_max, patches, refs, bank, s, profile)
     if text is None:
         maps, scores = [m.clamp(0.0, 1.0) for m in vis_maps], vis_max
     else:
@@ -398,14 +410,37 @@ def score_patches(
     odd = torch.zeros(len(samples), dtype=torch.bool)
     if bank is not None and bank.glob is not None:
         odd = unfamiliar(patches.glob, bank.glob)
-    notes = [
-        tuple(n for n, on in ((UNFAMILIAR, a), (NEAR_IDENTICAL, b)) if on)
-        for a, b in zip(odd.tolist(), near.tolist())
-    ]
+    flags = ((UNFAMILIAR, odd), (NEAR_IDENTICAL, near), (GLOBAL_CHANGE, changed))
+    notes = [tuple(n for n, on in flags if bool(on[i])) for i in range(len(samples))]
     return [
         Scored(smp, float(score), m.float().cpu(), mode, note)
         for smp, score, m, note in zip(samples, scores.tolist(), maps, notes)
     ]
+
+
+def global_part(
+    vis_max: torch.Tensor,
+    patches: PatchSet,
+    refs: RefCount,
+    bank: NormalBank | None,
+    settings: Settings,
+    profile: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The visual image scores `[N]` with the global branch fused in (global_score.py), on
+    the scale of the set itself (refs ≠ 0) or of the bank's leave-one-out `profile`; and
+    `[N]` bool, the images whose score the global change raised. Unchanged when
+    `global_k` = 0 or there are no image statistics."""
+    none = torch.zeros(vis_max.shape[0], dtype=torch.bool)
+    glob = global_distance(patches.stats, refs, bank)
+    if settings.global_k <= 0 or glob is None:
+        return vis_max, none
+    if refs:
+        image_cal, glob_cal = vis_max.numpy(), glob.numpy()
+    else:
+        if profile is None or profile.glob is None:
+            return vis_max, none
+        image_cal, glob_cal = profile.image, profile.glob
+    return fuse_global(vis_max, glob, image_cal, glob_cal, settings.global_k)
 
 
 def _fused(

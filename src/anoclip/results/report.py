@@ -6,10 +6,12 @@
 The page lists the images by score, highest first, as cards with a heat-map thumbnail and a
 decision badge: ok (green, score ≤ the review bound t_r), review (amber, t_r < score ≤ the
 defect bound t_d: a person should look) or defect (red, score > t_d), flagged
-"unsupervised" when the threshold came from the unlabeled set and "unlike the known-good
-images" for rows noted "unfamiliar". A flagged image's thumbnail carries the outline of
-its decision's mask (:func:`anoclip.threshold.defect_mask`, magenta). Above the cards: what
-each decision means and promises, a histogram of the scores (the known-good images' scores
+"unsupervised" when the threshold came from the unlabeled set, "unlike the known-good
+images" for rows noted "unfamiliar" and "global change" for rows noted "global_change" (the
+whole image differs from the normal ones; the map shows patch differences only). A flagged
+image's thumbnail carries the outline of its decision's mask
+(:func:`anoclip.threshold.defect_mask`, magenta). Above the cards: what each decision means
+and promises, a histogram of the scores (the known-good images' scores
 as an outline, the review band shaded, both bounds labelled; inline SVG), the colour scale
 and the run settings. Buttons filter by decision; clicking a card opens the image, its
 overlay and the raw map with the colour scale, score, ratio score ÷ t_d and decision (arrow
@@ -64,7 +66,7 @@ from scipy import ndimage
 from anoclip.data.images import load_rgb
 from anoclip.decide.calibrate import Counts, confusion
 from anoclip.errors import ImageDecodeError, ReportError
-from anoclip.notes import NEAR_IDENTICAL, UNFAMILIAR, series_untrusted
+from anoclip.notes import GLOBAL_CHANGE, NEAR_IDENTICAL, UNFAMILIAR, series_untrusted
 from anoclip.results.overlays import (
     FIXED_SCALE,
     OPACITY_RAMP,
@@ -125,6 +127,10 @@ class ReportRow:
     @property
     def near_identical(self) -> bool:
         return NEAR_IDENTICAL in self.notes
+
+    @property
+    def global_change(self) -> bool:
+        return GLOBAL_CHANGE in self.notes
 
     @property
     def truth(self) -> bool | None:
@@ -659,6 +665,7 @@ def _render(
         "truth": row.truth,
         "unfamiliar": row.unfamiliar,
         "near_identical": row.near_identical,
+        "global_change": row.global_change,
         "w": view_size[0],
         "h": view_size[1],
         "img": data_uri(Image.fromarray(rgb), opts["image_format"], opts["quality"]),
@@ -826,6 +833,7 @@ def write_report(
         table = []
     settings, hidden = shown_settings(settings_info or {}, settings_shown)
     page = _page(rows, rendered, threshold, bins=bins, normal_scores=normal_scores)
+    page["known_good"] = known_good_use(threshold, settings_info or {}, normal_scores)
     html = (
         _environment()
         .get_template("report.html.j2")
@@ -851,6 +859,25 @@ def write_report(
         )
     )
     return _write_atomic(Path(out_dir), filename, html)
+
+
+def known_good_use(
+    threshold: Threshold | None,
+    info: Mapping[str, Any],
+    normal_scores: Sequence[float] | None = None,
+) -> str | None:
+    """How the run used known-good images, for the advice the page gives: "bank" (the set
+    was scored with them as its bank: run.json's ``decisions.normals_as_bank``), "threshold"
+    (they calibrated the threshold: ``decisions.normals``, a threshold not unsupervised, or
+    their scores given), None (no known-good images)."""
+    flat = dict(_leaves(info))
+    if flat.get("decisions.normals_as_bank"):
+        return "bank"
+    supervised = threshold is not None and not threshold.unsupervised
+    scored = normal_scores is not None and len(normal_scores) > 0
+    if flat.get("decisions.normals") or supervised or scored:
+        return "threshold"
+    return None
 
 
 def _pixel_marks(threshold: Threshold | None) -> dict[str, float | None]:
@@ -889,6 +916,7 @@ def _page(
             "wrong": sum(c["wrong"] for c in cards),
             "unfamiliar": sum(r.unfamiliar for r in rows),
             "near_identical": (near := sum(r.near_identical for r in rows)),
+            "global_change": sum(r.global_change for r in rows),
             "series_untrusted": series_untrusted(near, len(rows)),
         },
         "histogram": histogram(
@@ -927,7 +955,7 @@ def _card(index: int, row: ReportRow, out: _Rendered, digits: int = SIG_DIGITS) 
     return {
         "index": index, "name": row.name, "score": float(row.score), "ratio": ratio,
         "score_label": sig(row.score, digits), "unfamiliar": row.unfamiliar,
-        "near_identical": row.near_identical,
+        "near_identical": row.near_identical, "global_change": row.global_change,
         "decision": row.decision, "label": row.label, "truth": row.truth, "wrong": wrong,
         "thumb": out.thumb, "tw": out.thumb_size[0], "th": out.thumb_size[1],
     }  # fmt: skip

@@ -624,6 +624,51 @@ def test_unfamiliar_images_are_marked_and_counted(tmp_path):
     assert "count-unfamiliar" not in no_notes.ids
 
 
+UNSUPERVISED = Threshold("unsupervised", 0.5582938, 0.4, {"k": 3.5}, "0.1.0", {})
+
+
+def test_global_change_images_are_marked_counted_and_filtered(tmp_path):
+    rows = _three(6)
+    rows[1]["notes"] = ("global_change",)
+    rows[4]["notes"] = "unfamiliar; global_change"
+    rows[2]["notes"] = ("near_identical",)  # 1 of 6: a trusted set, and no global change
+    html = report.write_report(tmp_path, rows, UNSUPERVISED).read_text()
+    page = parse(html)
+    assert page.texts["count-global"] == "2"
+    assert 'data-filter="global"' in html and "Global change (2)</button>" in html
+    marked = {c["id"] for c, t in zip(page.cards, page.card_texts) if "global change" in t}
+    flagged = {c["id"] for c in page.cards if c["data-global"] == "1"}
+    names = {c["id"]: d["name"] for c, d in zip(page.cards, page.json("details"))}
+    assert marked == flagged and {names[i] for i in marked} == {"s01", "s04"}
+    assert {d["name"] for d in page.json("details") if d["global_change"]} == {"s01", "s04"}
+    chip = re.search(r'<span class="odd global" title="([^"]*)">global change</span>', html)
+    assert chip and "whole image differs" in chip[1] and "patch differences only" in chip[1]
+    assert "patch differences only" in page.texts["global-hint"]
+    assert "v-global-row" in page.ids
+    plain = parse(report.write_report(tmp_path, _three(6), UNSUPERVISED).read_text())
+    assert "count-global" not in plain.ids and "global-hint" not in plain.ids
+    assert all(c["data-global"] == "0" for c in plain.cards)
+    assert not [t for t in plain.card_texts if "global change" in t]
+    assert 'data-filter="global"' not in (tmp_path / "report.html").read_text()
+
+
+def test_the_series_warning_does_not_ask_a_banked_run_for_its_bank(tmp_path):
+    rows = _three(6)
+    for k in (0, 2, 4):
+        rows[k]["notes"] = ("near_identical",)
+    info = {"decisions": {"threshold": "unsupervised", "normals_as_bank": 20}}
+    page = parse(report.write_report(tmp_path, rows, UNSUPERVISED, info).read_text())
+    said = " ".join(page.texts["series-warning"].split())
+    assert "--normal" not in said and "already backs every score" in said
+    assert "--mode anoclip" in said and "--mode anoclip" in page.texts["unsupervised-banner"]
+    alone = parse(report.write_report(tmp_path, rows, UNSUPERVISED, {"seed": 0}).read_text())
+    assert "--normal DIR" in alone.texts["series-warning"]
+    assert "already backs" not in alone.texts["series-warning"]
+    assert report.known_good_use(None, {"decisions.normals_as_bank": 3}) == "bank"
+    assert report.known_good_use(None, {}, np.array([0.1, 0.2])) == "threshold"
+    assert report.known_good_use(UNSUPERVISED, {"decisions": {"normals": 0}}) is None
+
+
 def test_near_identical_images_are_marked_and_an_untrusted_set_says_so(tmp_path):
     rows = _three(6)
     for k in (0, 2):
@@ -633,8 +678,13 @@ def test_near_identical_images_are_marked_and_an_untrusted_set_says_so(tmp_path)
     assert "series-warning" not in page.ids and "count-near" not in page.ids
     assert not [t for t in page.card_texts if "near-identical" in t]
     rows[4]["notes"] = ("unfamiliar", "near_identical")  # 3 of 6: at the bound
+    page = parse(report.write_report(tmp_path, rows, UNSUPERVISED).read_text())
+    # no known-good images in the run: a bank of them is the advice
+    assert "series-warning" in page.ids and "--normal DIR" in page.texts["series-warning"]
     page = parse(report.write_report(tmp_path, rows, BAND).read_text())
-    assert "series-warning" in page.ids and "--normal" in page.texts["series-warning"]
+    # BAND was calibrated on 20 known-good images: they are not asked for again
+    assert "series-warning" in page.ids and "--normal" not in page.texts["series-warning"]
+    assert "--mode anoclip" in page.texts["series-warning"]
     assert page.texts["count-near"] == "3"
     marked = {c["id"] for c, t in zip(page.cards, page.card_texts) if "near-identical" in t}
     flagged = {c["id"] for c in page.cards if c["data-near"] == "1"}
