@@ -90,7 +90,12 @@ def folds(rows: list[dict]) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", type=Path)
-    p.add_argument("--modes", nargs="+", default=["--normal", "k=5"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["--normal", "k=5"],
+        help="row modes, e.g. --modes=--normal k=5 (default both)",
+    )
     args = p.parse_args()
     data = json.loads(args.json.read_text())
     print(f"CPU: {data.get('cpu', '?')}")
