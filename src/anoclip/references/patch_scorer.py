@@ -68,7 +68,7 @@ from anoclip.references.patches import (
     patch_features,
     tokens_to_map,
 )
-from anoclip.references.profile import bank_profile, global_distance, visual_map
+from anoclip.references.profile import Profile, bank_profile, global_distance, visual_map
 from anoclip.references.scorer import Tick
 from anoclip.references.series import series_scores
 from anoclip.references.timm_backbone import VisualBackbone, load_visual_backbone
@@ -424,7 +424,7 @@ def global_part(
     refs: RefCount,
     bank: NormalBank | None,
     settings: Settings,
-    profile: Any = None,
+    profile: Profile | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The visual image scores `[N]` with the global branch fused in (global_score.py), on
     the scale of the set itself (refs ≠ 0) or of the bank's leave-one-out `profile`; and
