@@ -178,8 +178,9 @@ class NormalBank:
 
     def leave_out(self, index: int) -> NormalBank:
         """The bank without its `index`-th image's patches (images in the order they were
-        built or added): how a bank image is scored as if it were a new good part."""
-        per = self.meta.grid[0] * self.meta.grid[1]
+        built or added): how a bank image is scored as if it were a new good part. Copies
+        share `profiles`, which records the bank they came from under "bank"."""
+        per, _ = self.meta.grid[0] * self.meta.grid[1], self.profiles.setdefault("bank", self)
         if not 0 <= index < self.num_images:
             raise IndexError(f"bank image {index} of {self.num_images}")
         keep = torch.ones(self.size, dtype=torch.bool)

@@ -60,8 +60,10 @@ def picks(count: int, most: int = PROFILE_IMAGES) -> list[int]:
 
 
 def bank_profile(bank: NormalBank, settings: Settings, size: tuple[int, int]) -> Profile:
-    """The bank's leave-one-out profile (module doc), cached on the bank per map size."""
+    """The bank's leave-one-out profile (module doc), cached on the bank per map size; a
+    leave-one-out copy's is that of the bank it came from (whichever is scored first)."""
     s = settings
+    bank = bank.profiles.get("bank", bank)
     key = (tuple(size), s.gaussian_sigma, s.border_depth, s.bank_search)
     if key in bank.profiles:
         return bank.profiles[key]

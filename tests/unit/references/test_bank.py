@@ -180,3 +180,23 @@ def test_small_banks_stay_exact_and_a_missing_faiss_names_the_extra(monkeypatch)
     torch.testing.assert_close(bank.scores(query, search="ivf"), bank.scores(query))
     with pytest.raises(MissingExtraError, match=r"anoclip\[ann\]"):
         _big_bank().scores({(-1, 1): _unit(1, 4, 8, seed=7)}, search="ivf")
+
+
+def test_a_leave_one_out_copy_uses_the_whole_banks_profile():
+    """Calibration scores a copy first (--normal --mode anoclip): its profile must be the
+    whole bank's, whichever is scored first (references/profile.py)."""
+    from anoclip.references.profile import bank_profile
+    from anoclip.settings import Settings
+
+    g = torch.Generator().manual_seed(0)
+    feats = {(-1, 1): torch.nn.functional.normalize(torch.randn(5, 4, 8, generator=g), dim=-1)}
+    meta = BankMeta("timm:x", (8,), (1,), (2, 2), {"object": "o"}, "concat")
+    stats = torch.nn.functional.normalize(torch.randn(5, 6, generator=g), dim=-1)
+    s = Settings(visual_backbone="timm:tf_efficientnet_lite0", fusion="visual")
+    first = NormalBank.build(feats, meta, stats=stats)
+    via_copy = bank_profile(first.leave_out(0), s, (8, 8))
+    second = NormalBank.build(feats, meta, stats=stats)
+    direct = bank_profile(second, s, (8, 8))
+    assert via_copy.patches.shape == (5, 4)  # all five images, each left out once
+    assert torch.equal(via_copy.patches, direct.patches)
+    assert np.array_equal(via_copy.glob, direct.glob)
