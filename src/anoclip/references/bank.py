@@ -177,10 +177,10 @@ class NormalBank:
         return self.size // (self.meta.grid[0] * self.meta.grid[1])
 
     def leave_out(self, index: int) -> NormalBank:
-        """The bank without its `index`-th image's patches (images in the order they were
-        built or added): how a bank image is scored as if it were a new good part. Copies
-        share `profiles`, which records the bank they came from under "bank"."""
-        per, _ = self.meta.grid[0] * self.meta.grid[1], self.profiles.setdefault("bank", self)
+        """The bank without its `index`-th image (build/add order), to score it as a new good
+        part; copies share `profiles`, whose "bank" is the bank they came from."""
+        self.profiles.setdefault("bank", self)
+        per = self.meta.grid[0] * self.meta.grid[1]
         if not 0 <= index < self.num_images:
             raise IndexError(f"bank image {index} of {self.num_images}")
         keep = torch.ones(self.size, dtype=torch.bool)

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_DEPTH = 3
-
 
 def position_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
     """`[L]` class index of each grid position (row-major): d_y·(K+1) + d_x with d_y, d_x
@@ -48,7 +46,7 @@ def position_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
     return (dy * (depth + 1) + dx).flatten()
 
 
-def centre_spread(values: torch.Tensor) -> tuple[float, float]:
+def median_spread(values: torch.Tensor) -> tuple[float, float]:
     """(median, RMS of the values at or below it) of a flat tensor (the median of an even
     count is the mean of the middle two, as numpy's)."""
     x = values.double().flatten()
@@ -77,7 +75,7 @@ class BorderProfile:
         for c in range(n):
             sel = k == c
             if sel.any():
-                centre[c], spread[c] = centre_spread(calibration[:, sel])
+                centre[c], spread[c] = median_spread(calibration[:, sel])
         return cls(k, centre, spread, inner)
 
     def apply(self, scores: torch.Tensor) -> torch.Tensor:

@@ -391,9 +391,11 @@ def score_patches(
             )
         return score_each(samples, text, context)
     vis, near = patch_scores(patches, refs, bank, s, tick)
-    size = samples[0].layout.size
-    profile = None if refs else bank_profile(bank, s, size)
-    vis = equalise(vis, vis if refs else profile.patches, patches.grid, s.border_depth)
+    profile = None  # each image alone: the bank's leave-one-out calibration, when used
+    if not refs and (s.border_depth > 0 or s.global_k > 0):
+        profile = bank_profile(bank, s, samples[0].layout.size)
+    calibration = vis if profile is None else profile.patches  # no profile: depth 0 or a set
+    vis = equalise(vis, calibration, patches.grid, s.border_depth)
     vis_maps = [
         visual_map(vis[i], patches.grid, smp.layout.size, s.gaussian_sigma)
         for i, smp in enumerate(samples)

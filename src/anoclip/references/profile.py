@@ -45,7 +45,7 @@ def visual_map(
     return gaussian_blur(upsample(scores.view(1, -1), grid, size), sigma)[0]
 
 
-def image_scores(
+def map_maxima(
     scores: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], sigma: float
 ) -> np.ndarray:
     """`[M, L]` -> `[M]` map maxima (what an image's visual score is)."""
@@ -78,7 +78,7 @@ def bank_profile(bank: NormalBank, settings: Settings, size: tuple[int, int]) ->
     glob = None
     if bank.stats is not None and bank.num_images >= 2:
         glob = leave_one_out(bank.stats)[chosen].numpy()
-    found = Profile(patches, image_scores(flat, grid, size, s.gaussian_sigma), glob)
+    found = Profile(patches, map_maxima(flat, grid, size, s.gaussian_sigma), glob)
     bank.profiles[key] = found
     return found
 
