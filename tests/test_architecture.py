@@ -19,7 +19,7 @@ BASE = {"errors", "settings", "records", "threshold", "extras", "notes"}
 FACADE = {"pipeline", "detector", "testing"}
 LAYERS = (
     "base", "data", "clip", "references", "decide", "results", "facade", "evaluation",
-    "deploy", "cli",
+    "deploy", "inline", "cli",
 )  # fmt: skip
 EXEMPT = {"anoclip", "anoclip.__main__"}  # the public names' lazy map; `python -m anoclip`
 STANDALONE = "anoclip.data.standalone"  # copied beside an exported file: imports no anoclip

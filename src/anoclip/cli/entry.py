@@ -1,4 +1,4 @@
-"""The `anoclip` command line: `anoclip detect`, `anoclip evaluate` and `anoclip export`.
+"""The `anoclip` command line: `anoclip detect`, `evaluate`, `export`, `serve` and `watch`.
 
 Arguments are parsed and validated — settings, inputs, the output folder, a resumed run's
 fingerprint — before torch and open_clip are imported and before anything is written, so
@@ -19,6 +19,7 @@ from anoclip import __version__
 from anoclip.cli.command_detect import add_detect_command
 from anoclip.cli.command_evaluate import add_evaluate_command
 from anoclip.cli.command_export import add_export_command
+from anoclip.cli.command_serve import add_serve_commands
 from anoclip.cli.messages import one_line, show_warning
 from anoclip.errors import AnoclipError
 
@@ -60,4 +61,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_detect_command(sub)
     add_evaluate_command(sub)
     add_export_command(sub)
+    add_serve_commands(sub)
     return parser

@@ -58,6 +58,7 @@ from anoclip.references.familiarity import unfamiliar
 from anoclip.references.fusion import fuse_maps, fuse_scores, moments
 from anoclip.references.global_score import fuse as fuse_global
 from anoclip.references.global_score import image_statistics
+from anoclip.references.memory import Memory, Part
 from anoclip.references.neighbours import duplicate_mask, nearest_references, rscin
 from anoclip.references.patches import (
     common_grid,
@@ -309,13 +310,17 @@ def patch_scores(
     bank: NormalBank | None,
     settings: Settings,
     tick: Tick | None = None,
+    memory: Memory | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visual patch scores `[N, L]`: mutual (refs ≠ 0), bank, or both combined; and `[N]`
-    bool, the images with near-identical images in the set (series.py's screen)."""
+    """Visual patch scores `[N, L]`: mutual (refs ≠ 0), against a rolling `memory` of earlier
+    parts (memory.py; refs = 0), bank, or a mutual part and the bank combined; and `[N]`
+    bool, the images with near-identical images in the set or memory (series.py's screen)."""
     s = settings
     mutual, near = None, torch.zeros(patches.glob.shape[0], dtype=torch.bool)
     if refs:
         mutual, near, _ = mutual_part(patches, refs, s, tick)
+    elif memory is not None and len(memory):
+        mutual, near = memory.patch_scores(patches.feats, patches.glob, patches.layout, s)
     if bank is None:
         assert mutual is not None, "no references and no bank"
         return mutual, near
@@ -354,9 +359,10 @@ def unused_settings(settings: Settings, refs: RefCount) -> list[str]:
     return out
 
 
-def mode_name(refs: RefCount, bank: NormalBank | None) -> str:
-    """ "dual", "mutual", "bank", "dual+bank" or "mutual+bank"."""
+def mode_name(refs: RefCount, bank: NormalBank | None, memory: Memory | None = None) -> str:
+    """ "dual", "mutual", "memory", "bank", or one of them "+bank"."""
     base = "" if not refs else "dual" if refs == 1 else "mutual"
+    base = "memory" if memory is not None and not refs and len(memory) else base
     if bank is None:
         return base
     return f"{base}+bank" if base else "bank"
@@ -375,6 +381,8 @@ def score_patches(
     the bank; a set mode with one image falls back to the bank, or to the text branch."""
     s = context.settings
     refs = context.refs
+    memory = bank if isinstance(bank, Memory) else None
+    bank = memory.bank if memory is not None else bank
     if refs and len(samples) < 2:
         warnings.warn(
             "dual/mutual mode needs at least two images; scoring the single image "
@@ -383,32 +391,37 @@ def score_patches(
             stacklevel=2,
         )
         refs = 0
-    if not refs and bank is None:
+    if not refs and bank is None and not memory:
         if text is None:
             raise UsageError(
                 "fusion=visual needs visual references: mode dual/mutual with two or more "
                 "images, or a bank of known-good images"
             )
         return score_each(samples, text, context)
-    vis, near = patch_scores(patches, refs, bank, s, tick)
-    profile = None  # each image alone: the bank's leave-one-out calibration, when used
+    raw, near = patch_scores(patches, refs, bank, s, tick, memory)
+    profile = None  # each image alone: the memory's or the bank's calibration, when used
     if not refs and (s.border_depth > 0 or s.global_k > 0):
-        profile = bank_profile(bank, s, samples[0].layout.size)
-    calibration = vis if profile is None else profile.patches  # no profile: depth 0 or a set
-    vis = equalise(vis, calibration, patches.grid, s.border_depth)
+        profile = memory.profile() if memory is not None else None
+        if profile is None and bank is not None:
+            profile = bank_profile(bank, s, samples[0].layout.size)
+    calibration = raw if profile is None else profile.patches  # no profile: depth 0 or a set
+    vis = equalise(raw, calibration, patches.grid, s.border_depth)
     vis_maps = [
         visual_map(vis[i], patches.grid, smp.layout.size, s.gaussian_sigma)
         for i, smp in enumerate(samples)
     ]
     vis_max = torch.stack([m.max() for m in vis_maps])
-    vis_max, changed = global_part(vis_max, patches, refs, bank, s, profile)
+    glob = global_distance(patches.stats, refs, bank, memory)
+    if memory is not None:
+        memory.observe([smp.source for smp in samples], parts_of(patches, raw, vis_max, glob))
+    vis_max, changed = global_part(vis_max, glob, refs, s, profile)
     if text is None:
         maps, scores = [m.clamp(0.0, 1.0) for m in vis_maps], vis_max
     else:
         maps, scores = _fused(samples, vis_maps, vis_max, text, context)
     if s.rscin and refs:
         scores = rscin(scores, patches.glob)
-    mode = mode_name(refs, bank)
+    mode = mode_name(refs, bank, memory)
     odd = torch.zeros(len(samples), dtype=torch.bool)
     if bank is not None and bank.glob is not None:
         odd = unfamiliar(patches.glob, bank.glob)
@@ -420,20 +433,39 @@ def score_patches(
     ]
 
 
+def parts_of(
+    patches: PatchSet, raw: torch.Tensor, image: torch.Tensor, glob: torch.Tensor | None
+) -> list[Part]:
+    """Each image as the rolling memory keeps it (memory.Part): its features and how it
+    scored (patch scores `[L]` before the equaliser, visual image score, global distance)."""
+    stats = patches.stats
+    return [
+        Part(
+            {k: v[i] for k, v in patches.feats.items()},
+            patches.glob[i],
+            patches.layout[i],
+            None if stats is None else stats[i],
+            raw[i].clone(),
+            float(image[i]),
+            float("nan") if glob is None else float(glob[i]),
+        )  # fmt: skip
+        for i in range(raw.shape[0])
+    ]
+
+
 def global_part(
     vis_max: torch.Tensor,
-    patches: PatchSet,
+    glob: torch.Tensor | None,
     refs: RefCount,
-    bank: NormalBank | None,
     settings: Settings,
     profile: Profile | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The visual image scores `[N]` with the global branch fused in (global_score.py), on
-    the scale of the set itself (refs ≠ 0) or of the bank's leave-one-out `profile`; and
-    `[N]` bool, the images whose score the global change raised. Unchanged when
-    `global_k` = 0 or there are no image statistics."""
+    """The visual image scores `[N]` with the global branch fused in (global_score.py): the
+    global distances `glob` `[N]` on the scale of the set itself (refs ≠ 0) or of the
+    calibration `profile` (the bank's leave-one-out, or the memory's); and `[N]` bool, the
+    images whose score the global change raised. Unchanged when `global_k` = 0 or there
+    are no image statistics."""
     none = torch.zeros(vis_max.shape[0], dtype=torch.bool)
-    glob = global_distance(patches.stats, refs, bank)
     if settings.global_k <= 0 or glob is None:
         return vis_max, none
     if refs:

@@ -14,6 +14,7 @@ threshold) share the profile of the bank they came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,13 +85,16 @@ def bank_profile(bank: NormalBank, settings: Settings, size: tuple[int, int]) ->
 
 
 def global_distance(
-    stats: torch.Tensor | None, refs: RefCount, bank: NormalBank | None
+    stats: torch.Tensor | None, refs: RefCount, bank: NormalBank | None, memory: Any = None
 ) -> torch.Tensor | None:
-    """`[N]` global distances: to the set's closest others (refs ≠ 0), to the bank, or the
-    smaller of the two; None without image statistics."""
+    """`[N]` global distances: to the set's closest others (refs ≠ 0) or the rolling
+    `memory`'s (memory.Memory), to the bank, or the smaller of the two; None without image
+    statistics."""
     if stats is None:
         return None
     own = set_distance(stats) if refs else None
+    if not refs and memory is not None and len(memory) and memory.has_stats:
+        own = memory.global_distance(stats)
     far = None
     if bank is not None and bank.stats is not None:
         far = bank_distance(stats, bank.stats)

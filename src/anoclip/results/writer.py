@@ -171,7 +171,7 @@ class ResultWriter:
         self.close()
 
     def _write(self, pred: Prediction, name: str, image_source: object) -> Prediction:
-        buf = _npy_bytes(pred.anomaly_map, self.map_dtype)
+        buf = npy_bytes(pred.anomaly_map, self.map_dtype)
         atomic_write(self.maps / f"{name}.npy", buf)
         t = self.threshold
         if t is not None:  # else drawn by finalize, once the threshold is known
@@ -394,7 +394,7 @@ def read_finished(path: Path) -> set[str]:
     return {row["source"] for row in read_rows(path)}
 
 
-def _npy_bytes(arr: np.ndarray, dtype: np.dtype | type = np.float32) -> bytes:
+def npy_bytes(arr: np.ndarray, dtype: np.dtype | type = np.float32) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr, dtype=dtype))
     return buf.getvalue()
