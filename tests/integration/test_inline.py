@@ -83,6 +83,7 @@ class Server:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+        self.proc.stdout.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -91,6 +92,7 @@ class Server:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from anoclip.cli.arguments import (
     check_object,
 )
 from anoclip.cli.plan import BankPlan, Plan, model_identity
-from anoclip.cli.verdicts import load_threshold, threshold_id
+from anoclip.cli.verdicts import calibrate_on_normals, plan_decisions, threshold_id
 from anoclip.data.listing import expand_inputs
 from anoclip.errors import UsageError
 from anoclip.extras import check_installed
@@ -98,12 +98,14 @@ class LinePlan:
         check_installed("fastapi" if args.command == "serve" else "watchdog", "serve",
                         f"anoclip {args.command}")  # fmt: skip
         args.mode = args.mode or "mutual"
-        args.inputs = []
         self.plan = Plan(args)
         memory = 0 if args.mode == "anoclip" else args.memory
         if args.mode != "anoclip":
             if memory < 1 or args.warmup < 3 or args.window < 3:
                 raise UsageError("--memory must be >= 1, --warmup and --window >= 3")
+            if args.normal and self.plan.bank.used:
+                raise UsageError("--normal is the bank every part meets here: pass it, or "
+                                 "--bank / --bank-images, not both")  # fmt: skip
             if args.normal:  # the known-good images are the bank every part meets
                 self.plan.bank = BankPlan(expand_inputs(args.normal))
         refs = 1 if args.mode == "dual" else (self.plan.refs or "all")
@@ -116,10 +118,9 @@ class LinePlan:
             warmup=args.warmup, window=args.window, max_map_side=args.max_map_side,
             **self.plan.bank.identity(),
         )  # fmt: skip
-        self.threshold = None
-        if args.threshold:
-            self.threshold = load_threshold(Path(args.threshold), threshold_id(self.fingerprint),
-                                            "--threshold")  # fmt: skip
+        self.threshold_id = threshold_id(self.fingerprint)
+        banked = memory > 0 and bool(args.normal)  # then the rolling rule decides
+        self.decisions = plan_decisions(args, self.threshold_id, banked)
 
     def line(self, args: argparse.Namespace) -> Any:
         """Load the stack, the bank and the threshold; the engine on --out."""
@@ -127,19 +128,12 @@ class LinePlan:
 
         det = self.plan.detector(args)
         bank = self.plan.bank.load(det, args.object)
-        threshold = self.threshold
-        if threshold is None and args.mode == "anoclip" and args.normal:
-            print(f"anoclip: calibrating on {len(bank_images(self.plan))} known-good image(s)",
-                  file=sys.stderr)  # fmt: skip
-            threshold = det.calibrate([str(p) for p in bank_images(self.plan)], args.object,
-                                      tta=self.plan.tta, bank=bank, normals_are_bank=True,
-                                      settings_id=threshold_id(self.fingerprint))  # fmt: skip
+        threshold = self.decisions.threshold
+        if self.decisions.normals:
+            threshold = calibrate_on_normals(det, self.decisions, args, self.plan,
+                                             self.threshold_id, bank)  # fmt: skip
         return Line(det, self.setup, Path(args.out), bank=bank, threshold=threshold,
                     fingerprint=self.fingerprint)  # fmt: skip
-
-
-def bank_images(plan: Plan) -> list[Path]:
-    return plan.bank.images
 
 
 def export(line: Any, args: argparse.Namespace) -> Path | None:
@@ -147,16 +141,17 @@ def export(line: Any, args: argparse.Namespace) -> Path | None:
     from anoclip.cli.verdicts import write_detect_report
     from anoclip.results.writer import SCORES, THRESHOLD, write_rows
 
+    stored = line.store.since(0, 10**9)
     rows = [
         {"source": r.source, "name": r.id, "score": f"{r.score:.8f}", "width": r.width,
          "height": r.height, "decision": r.decision, "score/threshold": f"{r.ratio:.6g}",
          "threshold_method": r.method or ""}
-        for r in line.store.since(0, 10**9) if r.score is not None
+        for r in stored if r.score is not None
     ]  # fmt: skip
     write_rows(line.out / SCORES, rows)
     if line.rule.last is not None:
         line.rule.last.to_json(line.out / THRESHOLD)
-    noted = {r.source: r.notes for r in line.store.since(0, 10**9) if r.notes}
+    noted = {r.source: r.notes for r in stored if r.notes}
     info = {"object": args.object, "mode": f"{args.mode} (inline)", "decisions": "rolling"}
     return write_detect_report(line.out, rows, line.rule.last, info, args, noted)
 

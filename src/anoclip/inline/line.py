@@ -15,6 +15,7 @@ twice. One batch is scored at a time (the engine's lock).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from anoclip.inline.store import Record, Store
 from anoclip.records import Failure, Prediction
 from anoclip.references.memory import Memory, Part
 from anoclip.results.writer import draw, npy_bytes
+from anoclip.settings import differing_fields
 from anoclip.threshold import Threshold
 
 MAPS, IMAGES = "maps", "images"
@@ -39,12 +41,15 @@ MAPS, IMAGES = "maps", "images"
 
 @dataclass(frozen=True)
 class Incoming:
-    """A part to decide: its id, the image file to read, and the source it is recorded as."""
+    """A part to decide: its id, its image file, the source it is recorded as, when it
+    arrived, and its decoded image when the caller has already read it (else the file is
+    read)."""
 
     id: str
     path: Path
     source: str
     received: float
+    image: Any = None
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,7 @@ def check_fingerprint(store: Store, fingerprint: dict) -> None:
     if found is None:
         store.set_meta("fingerprint", fingerprint)
         return
-    import json
-
-    now = json.loads(json.dumps(fingerprint, default=str))
-    changed = sorted(k for k in set(found) | set(now) if found.get(k) != now.get(k))
+    changed = differing_fields(found, json.loads(json.dumps(fingerprint, default=str)))
     if changed:
         raise ResultFolderError(
             f"{store.path.parent} holds a line run with other settings ({', '.join(changed[:5])}):"
@@ -164,7 +166,8 @@ class Line:
 
     def _score(self, items: Sequence[Incoming]) -> dict[str, Record]:
         started = time.time()
-        preds = list(self.det.iter_predict([str(i.path) for i in items], self.setup.object,
+        inputs = [str(i.path) if i.image is None else i.image for i in items]
+        preds = list(self.det.iter_predict(inputs, self.setup.object,
                                            self.setup.tta, bank=self.references,
                                            max_map_side=self.setup.max_map_side))  # fmt: skip
         decided = [
@@ -203,7 +206,7 @@ class Line:
                 durable_write(self.out / MAPS / f"{item.id}.npy", data)
             rec = record_of(pred, item, min(started, item.received))
             records.append(rec)
-            part = None if self.memory is None else self.memory.observed.pop(str(item.path), None)
+            part = None if self.memory is None else self.memory.observed.pop(pred.source, None)
             if part is not None and rec.decision == "ok":
                 admitted.append((item.id, part.to_bytes()))
                 gone = self.memory.admit(item.id, part)

@@ -22,8 +22,11 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from anoclip.data.images import load_rgb
+from anoclip.errors import ImageDecodeError
 from anoclip.extras import require
 from anoclip.inline.batcher import Batcher
 from anoclip.inline.line import IMAGES, MAPS, Incoming, Line, durable_write
@@ -52,23 +55,31 @@ class Refused(Exception):
 
 
 def image_format(data: bytes, max_pixels: int) -> str:
-    """The file extension of a decodable image in `data` (Refused otherwise)."""
+    """The file extension of the image whose header `data` starts with, read without
+    decoding its pixels (Refused: empty, not an image, over `max_pixels`)."""
     from PIL import Image
 
     if not data:
         raise Refused(400, "empty body: send the image's bytes")
     try:
         img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width * height > max_pixels:
-            raise Refused(413, f"{width}x{height} pixels is over the {max_pixels} pixel limit")
-        img.load()
-    except Refused:
-        raise
     except Exception as exc:  # PIL raises many kinds for bad files
         why = re.sub(r" <[^>]*>", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise Refused(400, f"not a readable image: {why[:200]}") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise Refused(413, f"{width}x{height} pixels is over the {max_pixels} pixel limit")
     return {"jpeg": "jpg"}.get((img.format or "png").lower(), (img.format or "png").lower())
+
+
+def decoded(path: Path) -> Any:
+    """The image at `path` decoded once, as the data path decodes it (data.images.load_rgb);
+    an undecodable or truncated file is removed and Refused."""
+    try:
+        return load_rgb(path)
+    except ImageDecodeError as exc:
+        path.unlink(missing_ok=True)
+        raise Refused(400, f"not a readable image: {exc}") from None
 
 
 def answer(rec: Record, line: Line) -> dict[str, Any]:
@@ -183,7 +194,8 @@ def create_app(line: Line, batcher: Batcher, limits: Limits = Limits()) -> Any:
             ext = await asyncio.to_thread(image_format, data, limits.max_pixels)
             path = line.out / IMAGES / f"{ident}.{ext}"
             await asyncio.to_thread(durable_write, path, data)
-            item = Incoming(ident, path, str(path), started)
+            image = await asyncio.to_thread(decoded, path)
+            item = Incoming(ident, path, str(path), started, image)
             known = await asyncio.wrap_future(batcher.submit(item))
             metrics.decisions.labels(known.decision).inc()
         metrics.latency.observe(time.time() - started)

@@ -16,8 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from anoclip.data.images import load_rgb
 from anoclip.data.listing import list_inputs
+from anoclip.errors import ImageDecodeError
 from anoclip.extras import require
 from anoclip.inline.line import Incoming, Line
 
@@ -35,15 +38,13 @@ def file_id(folder: Path, path: Path) -> str:
     return safe
 
 
-def decodes(path: Path) -> bool:
-    from PIL import Image
-
+def decoded(path: Path) -> Any:
+    """The image at `path` as the data path decodes it (data.images.load_rgb); None when it
+    does not decode (yet)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-        return True
-    except Exception:
-        return False
+        return load_rgb(path)
+    except ImageDecodeError:
+        return None
 
 
 class Watcher:
@@ -52,14 +53,16 @@ class Watcher:
     def __init__(self, folder: Path, line: Line, settle: float = SETTLE, poll: bool = False):
         self.folder, self.line, self.settle, self.poll = Path(folder), line, float(settle), poll
         self._seen: dict[Path, tuple[int, float, float]] = {}  # size, mtime, first seen so
+        self._done = line.store.names()  # ids already decided, read once
         self.wake = threading.Event()
 
-    def ready(self) -> list[tuple[str, Path]]:
-        """The complete files not yet in the store, oldest first."""
+    def ready(self) -> list[tuple[str, Path, Any]]:
+        """The complete files not yet in the store, oldest first, with their decoded images
+        (None: a file that never decoded, read again and recorded unreadable)."""
         now, out = time.time(), []
         for path in list_inputs([str(self.folder)], out=str(self.line.out)).paths:
             ident = file_id(self.folder, path)
-            if self.line.store.get(ident) is not None:
+            if ident in self._done:
                 continue
             try:
                 st = path.stat()
@@ -71,9 +74,10 @@ class Watcher:
                 self._seen[path] = (*key, now)
                 continue
             stable = now - last[2] >= self.settle and now - st.st_mtime >= self.settle
-            if stable and (decodes(path) or now - st.st_mtime > 20 * self.settle):
-                out.append((st.st_mtime, ident, path))
-        return [(i, p) for _, i, p in sorted(out)]
+            image = decoded(path) if stable else None
+            if stable and (image is not None or now - st.st_mtime > 20 * self.settle):
+                out.append((st.st_mtime, ident, path, image))
+        return [(i, p, img) for _, i, p, img in sorted(out, key=lambda x: x[:2])]
 
     def step(self) -> int:
         """One scan; returns the parts decided."""
@@ -81,9 +85,10 @@ class Watcher:
         for start in range(0, len(todo), BATCH):
             chunk = todo[start : start + BATCH]
             now = time.time()
-            self.line.inspect([Incoming(i, p, str(p), now) for i, p in chunk])
-            for _, p in chunk:
+            self.line.inspect([Incoming(i, p, str(p), now, img) for i, p, img in chunk])
+            for i, p, _ in chunk:
                 self._seen.pop(p, None)
+                self._done.add(i)
         return len(todo)
 
     def run(self, stop: threading.Event, after: Callable[[int], None] | None = None) -> None:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from anoclip.references.robust import MAD_TO_SD, half_sample_mode, left_spread
 
 ROBUST_MIN = 8  # calibration values from which centre / spread are the set rule's
+SHARE = 0.3  # a set's global distance: interval mean over the closest 30 % of the others
 SMALL_SPREAD = math.log(2) / 2  # the least log spread of fewer calibration values
 
 
@@ -61,14 +62,27 @@ def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (0.5 * (1.0 - a.double() @ b.double().T)).clamp(min=0.0)
 
 
-def set_distance(stats: torch.Tensor, share: float = 0.3) -> torch.Tensor:
+def set_distance(stats: torch.Tensor, share: float = SHARE) -> torch.Tensor:
     """`[N]`: each image's interval-mean distance to the ⌈share·(N − 1)⌉ closest others."""
     n = stats.shape[0]
     if n < 2:
         return torch.full((n,), float("nan"), dtype=torch.float64)
     d = distances(stats, stats)
     d.fill_diagonal_(float("inf"))
-    k = max(1, math.ceil(share * (n - 1)))
+    return closest_mean(d, share, n - 1)
+
+
+def reference_distance(
+    stats: torch.Tensor, references: torch.Tensor, share: float = SHARE
+) -> torch.Tensor:
+    """`[N]`: each image's interval-mean distance to the ⌈share·M⌉ closest of `references`
+    `[M, D]` (other images, e.g. a rolling memory's, as :func:`set_distance` in a set)."""
+    return closest_mean(distances(stats, references), share, references.shape[0])
+
+
+def closest_mean(d: torch.Tensor, share: float, count: int) -> torch.Tensor:
+    """`[N, M]` distances -> `[N]` the mean of each row's ⌈share·count⌉ smallest."""
+    k = max(1, math.ceil(share * count))
     return d.topk(k, dim=1, largest=False).values.mean(1)
 
 

@@ -30,16 +30,15 @@ import numpy as np
 import torch
 
 from anoclip.references.bank import BankMeta, NormalBank
-from anoclip.references.distances import aggregate, averaged
-from anoclip.references.global_score import distances
-from anoclip.references.neighbours import cosine_matrix
+from anoclip.references.distances import aggregate
+from anoclip.references.global_score import reference_distance
+from anoclip.references.neighbours import cosine_matrix, pick
 from anoclip.references.patches import Key
 from anoclip.references.profile import Profile
-from anoclip.references.series import SCREEN_SIZE, screen_duplicates
+from anoclip.references.series import SCREEN_SIZE, screen_duplicates, skipped, wanted_references
 from anoclip.settings import RefCount, Settings
 
 MIN_PROFILE = 8  # memory parts from which the memory calibrates itself
-GLOBAL_SHARE = 0.3  # the global distance: interval mean over the closest 30 % (as a set)
 
 
 @dataclass
@@ -86,20 +85,19 @@ def part_distances(query: dict[Key, torch.Tensor], refs: dict[Key, torch.Tensor]
 def chosen_references(
     sims: torch.Tensor, dist: torch.Tensor, dup: torch.Tensor, refs: RefCount, s: Settings
 ) -> tuple[torch.Tensor, bool]:
-    """The memory parts one part is scored against (module doc), most similar first, from
-    its global cosines `[M]`, mean distances `[M, L]` and layout-duplicate flags `[M]`;
-    and whether the screen found near-identical parts among the most similar."""
-    order = sims.argsort(descending=True)
-    order = order[~dup[order]] if bool((~dup).any()) else order
-    head = order[:SCREEN_SIZE]
+    """The memory parts one part is scored against (module doc), picked as series.py picks a
+    set member's (neighbours.pick, series.skipped), from its global cosines `[M]`, mean
+    distances `[M, L]` and layout-duplicate flags `[M]`; and whether the screen found
+    near-identical parts among the SCREEN_SIZE most similar."""
+    head = pick(sims, SCREEN_SIZE, [dup])
     near = torch.zeros(len(head), dtype=torch.bool)
     if s.series_ratio > 0:
         near = screen_duplicates([dist[head]], s.series_ratio)[0]
-    wanted = len(order) if refs == "all" else int(refs)
-    wanted = min(wanted, s.refs_cap) if refs == "all" and s.refs_cap else wanted
-    if 2 * int(near.sum()) >= averaged(s.ref_agg, min(wanted, len(order))) and len(order) > 1:
-        order = order[~torch.isin(order, head[near])]
-    return order[:wanted], bool(near.any())
+    cap = s.refs_cap or None
+    others = int((~dup).sum()) or len(dup)  # the layout guard never leaves none
+    skip = dup.clone()
+    skip[head[skipped(near, s.ref_agg, wanted_references(refs, others, cap))]] = True
+    return pick(sims, refs, [skip, dup], cap), bool(near.any())
 
 
 class Memory:
@@ -154,10 +152,7 @@ class Memory:
 
     def global_distance(self, stats: torch.Tensor) -> torch.Tensor:
         """`[N]`: interval-mean distance to the closest 30 % of the memory's statistics."""
-        mem = torch.stack([p.stats for _, p, _ in self.parts])
-        d = distances(stats, mem)
-        k = max(1, int(np.ceil(GLOBAL_SHARE * mem.shape[0])))
-        return d.topk(k, dim=1, largest=False).values.mean(1)
+        return reference_distance(stats, torch.stack([p.stats for _, p, _ in self.parts]))
 
     def profile(self) -> Profile | None:
         """The memory's own calibration (module doc); None before MIN_PROFILE parts."""

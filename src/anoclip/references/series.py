@@ -91,6 +91,22 @@ def screen_duplicates(
     return out
 
 
+def wanted_references(num_refs: RefCount, others: int, cap: int | None) -> int:
+    """R: the references an image gets from `others` candidates (k, or "all" of them, at
+    most `cap`)."""
+    wanted = others if num_refs == "all" else int(num_refs)
+    return min(wanted, cap) if num_refs == "all" and cap is not None else wanted
+
+
+def skipped(duplicates: torch.Tensor, how: str, wanted: int) -> torch.Tensor:
+    """The near-identical candidates `[M]` bool skipped as references: all of them when
+    they would make up at least half of what the aggregate of R = `wanted` averages
+    (2·m ≥ A(R), module doc), else none."""
+    if 2 * int(duplicates.sum()) >= averaged(how, wanted):
+        return duplicates
+    return torch.zeros_like(duplicates)
+
+
 def series_references(
     glob: torch.Tensor,
     num_refs: RefCount,
@@ -261,10 +277,8 @@ def series_scores(
     mean = [torch.stack([d[i][: head[i]] for d in dists.values()]).mean(dim=0) for i in range(n)]
     dup_head = screen_duplicates(mean, ratio)
     screened = [p[:h] for p, h in zip(pool, head)]
-    wanted = n - 1 if num_refs == "all" else int(num_refs)
-    wanted = min(wanted, cap) if num_refs == "all" and cap is not None else wanted
-    skip = [d if 2 * int(d.sum()) >= averaged(how, wanted) else torch.zeros_like(d)
-            for d in dup_head]  # fmt: skip
+    wanted = wanted_references(num_refs, n - 1, cap)
+    skip = [skipped(d, how, wanted) for d in dup_head]
     refs = series_references(glob, num_refs, screened, skip, exclude, cap)
     verdict = series_verdict(screened, dup_head, bound)
     if streamed:  # N² pairs, through the streaming search
