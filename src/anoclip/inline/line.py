@@ -80,11 +80,11 @@ def record_of(pred: Prediction | Failure, item: Incoming, started: float) -> Rec
     """The stored form of one part's prediction (or of an unreadable part)."""
     took = (time.time() - started) * 1000.0
     if isinstance(pred, Failure):
-        return Record(item.id, item.source, item.id, None, "unreadable", None, None, None,
+        return Record(item.id, item.source, None, "unreadable", None, None, None,
                       (pred.reason,), 0, 0, took, item.received)  # fmt: skip
     h, w = pred.image_size or pred.anomaly_map.shape
     method = pred.threshold.method if isinstance(pred.threshold, Threshold) else None
-    return Record(item.id, item.source, item.id, pred.score, pred.decision or "pending",
+    return Record(item.id, item.source, pred.score, pred.decision or "pending",
                   pred.ratio, method, float(np.max(pred.anomaly_map)), tuple(pred.notes),
                   int(w), int(h), took, item.received)  # fmt: skip
 
@@ -143,7 +143,7 @@ class Line:
         self.rule.seed((r.score, r.map_max) for r in earlier if r.score is not None)
         self.lock = threading.Lock()
         self._draw = ThreadPoolExecutor(max_workers=1)
-        remove_orphans(self.out, self.store.names())
+        remove_orphans(self.out, self.store.ids())
 
     @property
     def warming(self) -> bool:
@@ -179,7 +179,7 @@ class Line:
     def _warm(self, items: Sequence[Incoming]) -> dict[str, Record]:
         """Warm-up: answer pending; once `warmup` parts are in, decide them as a set."""
         now = time.time()
-        pending = [Record(i.id, i.source, i.id, None, "pending", None, None, None, (), 0, 0,
+        pending = [Record(i.id, i.source, None, "pending", None, None, None, (), 0, 0,
                           None, i.received) for i in items]  # fmt: skip
         self.store.commit(pending)
         waiting = self.store.pending()

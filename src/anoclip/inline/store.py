@@ -1,8 +1,8 @@
 """The inline state on disk: one SQLite database in WAL mode, OUT/state.sqlite.
 
-    parts    one row per answered part, in arrival order (seq): id, source, name, score,
-             decision (ok / review / defect / pending), score/threshold, threshold_method,
-             map maximum, notes, size, latency, arrival time
+    parts    one row per answered part, in arrival order (seq): id (its files' name too),
+             source, score, decision (ok / review / defect / pending), score/threshold,
+             threshold_method, map maximum, notes, size, latency, arrival time
     memory   the rolling reference memory (references/memory.py): one row per part it
              holds, its features and calibration values (Part.to_bytes), oldest first
     meta     key -> JSON: the fingerprint the state was made under, the last threshold
@@ -27,14 +27,14 @@ STATE = "state.sqlite"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, source TEXT NOT NULL,
-    name TEXT NOT NULL, score REAL, decision TEXT NOT NULL, ratio REAL, method TEXT,
+    score REAL, decision TEXT NOT NULL, ratio REAL, method TEXT,
     map_max REAL, notes TEXT NOT NULL, width INTEGER, height INTEGER, latency_ms REAL,
     received REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS memory (seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,
     part BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-COLUMNS = ("seq", "id", "source", "name", "score", "decision", "ratio", "method", "map_max",
+COLUMNS = ("seq", "id", "source", "score", "decision", "ratio", "method", "map_max",
            "notes", "width", "height", "latency_ms", "received")  # fmt: skip
 
 
@@ -44,7 +44,6 @@ class Record:
 
     id: str
     source: str
-    name: str
     score: float | None
     decision: str
     ratio: float | None
@@ -111,9 +110,9 @@ class Store:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM parts").fetchone()[0])
 
-    def names(self) -> set[str]:
+    def ids(self) -> set[str]:
         with self._lock:
-            return {r[0] for r in self._db.execute("SELECT name FROM parts")}
+            return {r[0] for r in self._db.execute("SELECT id FROM parts")}
 
     def commit(
         self,

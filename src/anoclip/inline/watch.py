@@ -53,7 +53,7 @@ class Watcher:
     def __init__(self, folder: Path, line: Line, settle: float = SETTLE, poll: bool = False):
         self.folder, self.line, self.settle, self.poll = Path(folder), line, float(settle), poll
         self._seen: dict[Path, tuple[int, float, float]] = {}  # size, mtime, first seen so
-        self._done = line.store.names()  # ids already decided, read once
+        self._done = line.store.ids()  # ids already decided, read once
         self.wake = threading.Event()
 
     def ready(self) -> list[tuple[str, Path, Any]]:
