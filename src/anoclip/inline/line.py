@@ -216,18 +216,19 @@ class Line:
         self.store.commit(records, admitted, evicted)
         for item, pred in zip(items, preds):
             if isinstance(pred, Prediction):
-                self._draw.submit(self.draw, item.id, pred)
+                self._draw.submit(self.draw, item.id, pred, item.image)
         return {r.id: self.store.get(r.id) or r for r in records}  # with their seq
 
-    def draw(self, ident: str, pred: Prediction | None = None) -> None:
-        """OUT/maps/ID.png and OUT/masks/ID.png of a stored part (from its map file)."""
+    def draw(self, ident: str, pred: Prediction | None = None, image: Any = None) -> None:
+        """OUT/maps/ID.png and OUT/masks/ID.png of a stored part (from its map file, or its
+        fresh `pred`; `image`: the part already decoded, else its file is read)."""
         rec = self.store.get(ident)
         if rec is None or rec.score is None:
             return
         values = pred.anomaly_map if pred is not None else self.out / MAPS / f"{ident}.npy"
         threshold = pred.threshold if pred is not None else self.rule.last
-        draw(self.out, ident, values, rec.source, threshold, rec.decision,
-             (rec.width, rec.height))  # fmt: skip
+        source = rec.source if image is None else image
+        draw(self.out, ident, values, source, threshold, rec.decision, (rec.width, rec.height))
 
     def close(self) -> None:
         self._draw.shutdown(wait=True)
