@@ -19,7 +19,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,34 @@ def record_of(pred: Prediction | Failure, item: Incoming, started: float) -> Rec
                   int(w), int(h), took, item.received)  # fmt: skip
 
 
+class Drawer:
+    """Overlays and masks, drawn on one background thread after the answer. While it keeps
+    up (fewer than KEEP parts waiting) a part's map and decoded image wait with it; behind
+    that only its id and threshold do, and the map and image are read from disk when its
+    turn comes, so memory stays flat however far a sustained load puts drawing behind."""
+
+    KEEP = 8
+
+    def __init__(self, draw: Callable[..., None]) -> None:
+        self._draw, self._waiting, self._lock = draw, 0, threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1)
+
+    def submit(self, ident: str, values: Any, image: Any, threshold: Any) -> None:
+        with self._lock:
+            light = self._waiting >= self.KEEP
+            self._waiting += 1
+        job = self._pool.submit(self._draw, ident, None if light else values,
+                                None if light else image, threshold)  # fmt: skip
+        job.add_done_callback(self._done)
+
+    def _done(self, _: object) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 def check_fingerprint(store: Store, fingerprint: dict) -> None:
     """A state folder goes on only under the settings it was made with."""
     found = store.get_meta("fingerprint")
@@ -112,6 +140,17 @@ def remove_orphans(out: Path, names: set[str]) -> None:
                 f.unlink(missing_ok=True)
 
 
+def stored_memory(store: Store, setup: LineSetup, bank: Any, det: Any) -> Memory | None:
+    """The rolling memory as the store holds it (None: `setup.memory` = 0)."""
+    if setup.memory <= 0:
+        return None
+    meta = bank.meta if bank is not None else det.visual.bank_meta(setup.object)
+    memory = Memory(meta, bank, setup.memory, setup.refs)
+    for ident, blob in store.memory()[-setup.memory :]:
+        memory.admit(ident, Part.from_bytes(blob))
+    return memory
+
+
 class Line:
     """The inline engine (module doc) over a loaded :class:`~anoclip.detector.Detector`:
     `bank` the known-good bank (None: none), `threshold` a fixed rule (None: rolling),
@@ -132,17 +171,12 @@ class Line:
             (self.out / d).mkdir(parents=True, exist_ok=True)
         self.store = Store(self.out)
         check_fingerprint(self.store, fingerprint or {})
-        self.memory = None
-        if setup.memory > 0:
-            meta = bank.meta if bank is not None else det.visual.bank_meta(setup.object)
-            self.memory = Memory(meta, bank, setup.memory, setup.refs)
-            for ident, blob in self.store.memory()[-setup.memory :]:
-                self.memory.admit(ident, Part.from_bytes(blob))
+        self.memory = stored_memory(self.store, setup, bank, det)
         self.rule = RollingRule(setup.window, threshold, fingerprint)
         earlier = self.store.last(setup.window)
         self.rule.seed((r.score, r.map_max) for r in earlier if r.score is not None)
         self.lock = threading.Lock()
-        self._draw = ThreadPoolExecutor(max_workers=1)
+        self._drawer = Drawer(self.draw)
         remove_orphans(self.out, self.store.ids())
 
     @property
@@ -164,12 +198,16 @@ class Line:
                 done.update(self._warm(fresh) if self.warming else self._score(fresh))
             return [done[i.id] for i in items]  # type: ignore[misc]
 
+    def _predict(self, items: Sequence[Incoming], **mode: Any) -> list:
+        """The facade's predictions for `items` (decoded images, else their files)."""
+        inputs = [str(i.path) if i.image is None else i.image for i in items]
+        s = self.setup
+        return list(self.det.iter_predict(inputs, s.object, s.tta, bank=self.references,
+                                          max_map_side=s.max_map_side, **mode))  # fmt: skip
+
     def _score(self, items: Sequence[Incoming]) -> dict[str, Record]:
         started = time.time()
-        inputs = [str(i.path) if i.image is None else i.image for i in items]
-        preds = list(self.det.iter_predict(inputs, self.setup.object,
-                                           self.setup.tta, bank=self.references,
-                                           max_map_side=self.setup.max_map_side))  # fmt: skip
+        preds = self._predict(items)
         decided = [
             p if isinstance(p, Failure) else p.decided(self.rule.next(p.score, p.anomaly_map.max()))
             for p in preds
@@ -186,10 +224,7 @@ class Line:
         if len(waiting) < self.setup.warmup:
             return {r.id: r for r in pending}
         parts = [Incoming(r.id, Path(r.source), r.source, r.received) for r in waiting]
-        preds = list(self.det.iter_predict([str(p.path) for p in parts], self.setup.object,
-                                           self.setup.tta, mode="mutual", refs="all",
-                                           bank=self.references,
-                                           max_map_side=self.setup.max_map_side))  # fmt: skip
+        preds = self._predict(parts, mode="mutual", refs="all")
         good = [p for p in preds if isinstance(p, Prediction)]
         self.rule.seed((p.score, float(p.anomaly_map.max())) for p in good)
         threshold = self.rule.fixed or self.rule.current()
@@ -216,20 +251,23 @@ class Line:
         self.store.commit(records, admitted, evicted)
         for item, pred in zip(items, preds):
             if isinstance(pred, Prediction):
-                self._draw.submit(self.draw, item.id, pred, item.image)
+                self._drawer.submit(item.id, pred.anomaly_map, item.image, pred.threshold)
         return {r.id: self.store.get(r.id) or r for r in records}  # with their seq
 
-    def draw(self, ident: str, pred: Prediction | None = None, image: Any = None) -> None:
-        """OUT/maps/ID.png and OUT/masks/ID.png of a stored part (from its map file, or its
-        fresh `pred`; `image`: the part already decoded, else its file is read)."""
+    def draw(
+        self, ident: str, values: Any = None, image: Any = None, threshold: Any = None
+    ) -> None:
+        """OUT/maps/ID.png and OUT/masks/ID.png of a stored part: its map `values` (None: its
+        map file), decoded `image` (None: its file is read), the `threshold` that decided it
+        (None: the latest)."""
         rec = self.store.get(ident)
         if rec is None or rec.score is None:
             return
-        values = pred.anomaly_map if pred is not None else self.out / MAPS / f"{ident}.npy"
-        threshold = pred.threshold if pred is not None else self.rule.last
+        values = self.out / MAPS / f"{ident}.npy" if values is None else values
+        threshold = self.rule.last if threshold is None else threshold
         source = rec.source if image is None else image
         draw(self.out, ident, values, source, threshold, rec.decision, (rec.width, rec.height))
 
     def close(self) -> None:
-        self._draw.shutdown(wait=True)
+        self._drawer.close()
         self.store.close()
