@@ -14,8 +14,10 @@ threshold calibrated on the --normal images.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from anoclip.settings import fingerprint
 
 MEMORY = 16  # ok parts the rolling memory holds (benchmarks/inline.py)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+EXPORT_EVERY = 10.0  # seconds between a watch folder's exports (and once at the end)
 
 
 def add_line_args(p: argparse.ArgumentParser) -> None:
@@ -152,7 +155,8 @@ def export(line: Any, args: argparse.Namespace) -> Path | None:
     if line.rule.last is not None:
         line.rule.last.to_json(line.out / THRESHOLD)
     noted = {r.source: r.notes for r in stored if r.notes}
-    info = {"object": args.object, "mode": f"{args.mode} (inline)", "decisions": "rolling"}
+    how = "rolling set rule" if line.rule.fixed is None else line.rule.fixed.method
+    info = {"object": args.object, "mode": f"{args.mode} (inline)", "decisions": how}
     return write_detect_report(line.out, rows, line.rule.last, info, args, noted)
 
 
@@ -186,15 +190,20 @@ def run_watch(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise UsageError(f"watch {folder}: no such folder")
     line = LinePlan(args).line(args)
-    stop, seen = threading.Event(), [0]
+    stop, seen, exported = threading.Event(), [0], [0.0]
 
     def after(count: int) -> None:
+        """Progress after each scan; the folder's export (all rows and the report) at most
+        every EXPORT_EVERY seconds, as it grows with the parts decided."""
         seen[0] += count
-        export(line, args)
+        if time.monotonic() - exported[0] >= EXPORT_EVERY:
+            export(line, args)
+            exported[0] = time.monotonic()
         print(f"anoclip: {seen[0]} part(s) decided; report {line.out / 'report.html'}",
               file=sys.stderr)  # fmt: skip
 
     print(f"anoclip: watching {folder} for {args.object}; results in {args.out}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service manager's stop: as Ctrl-C
     try:
         Watcher(folder, line, args.settle, args.poll).run(stop, after)
     except KeyboardInterrupt:
